@@ -231,3 +231,141 @@ def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
     finally:
         for r in replicas:
             r.close()
+
+
+# ---- the CLI: fliprm score --ray ----------------------------------------------------------------
+
+
+def _score_app():
+    import typer
+
+    from fliprm.cli import score as score_cli
+
+    app = typer.Typer()
+    score_cli.register(app)
+
+    @app.command()
+    def _noop() -> None:  # a second command keeps typer from collapsing to a single command
+        pass
+
+    return app
+
+
+def _invoke(args: list[str]):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(_score_app(), ["score", *args])
+
+
+def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
+    """The single-machine flags (fields, template, decoding, backend) map onto the Ray call."""
+    import fliprm.scale
+    from fliprm.scale import RaySummary
+
+    seen: dict = {}
+
+    def fake_score_file_ray(input, output_dir, **kwargs):
+        seen.update(kwargs, input=input, output_dir=output_dir)
+        return RaySummary(shards_total=1, shards_written=1, scored=3, reward_sum=1.5)
+
+    monkeypatch.setattr(fliprm.scale, "score_file_ray", fake_score_file_ray)
+    path = _pairs_file(tmp_path)
+    res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--ray-address", "auto",
+                   "-b", "openai:m", "--base-url", "http://a:8000/v1", "--base-url", "http://b:8000/v1",
+                   "--api-key", "k", "--concurrency", "32", "--cpus-per-actor", "0.25",
+                   "--batch-size", "32", "--shard-size", "500", "--instruction-field", "q",
+                   "--response-field", "a", "--template", "flip-short", "--max-tokens", "64",
+                   "--parse-failure", "error", "--seed", "3", "--cache", str(tmp_path / "c.sqlite"),
+                   "--limit", "10", "--retry-errors"])
+    assert res.exit_code == 0, res.output
+    assert seen["input"] == path and seen["output_dir"] == tmp_path / "out"
+    assert seen["backend"] == "openai:m" and seen["ray_address"] == "auto"
+    # two URLs: one actor per replica, so no shared base_url and no fixed actor count
+    assert seen["base_urls"] == ["http://a:8000/v1", "http://b:8000/v1"] and seen["num_actors"] is None
+    # the model comes from the spec "openai:m"; the actors parse it as get_backend does
+    assert seen["backend_options"] == {"api_key": "k", "max_concurrency": 32}
+    assert (seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == (0.25, 32, 500)
+    assert seen["fields"] == Fields(instruction="q", response="a")
+    ro = seen["reward_options"]
+    assert (ro["template"], ro["max_tokens"], ro["parse_failure"], ro["seed"]) == ("flip-short", 64, "error", 3)
+    assert ro["max_concurrency"] == 32 and ro["cache"] == str(tmp_path / "c.sqlite")
+    assert (seen["limit"], seen["retry_errors"]) == (10, True)
+
+    # One URL is shared by every actor (a server or a load balancer); defaults otherwise.
+    seen.clear()
+    res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "-b", "openai:m",
+                   "--base-url", "http://lb:8000/v1", "--actors", "4"])
+    assert res.exit_code == 0, res.output
+    assert seen["backend_options"]["base_url"] == "http://lb:8000/v1" and seen["base_urls"] is None
+    assert (seen["num_actors"], seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == \
+           (4, 1.0, 16, 1000)
+    assert "cache" not in seen["reward_options"]  # the default cache folder is the driver's
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--actors", "2"], "--actors only apply with --ray"),
+    (["--shard-size", "10", "--ray-address", "auto"], "--ray-address, --shard-size only apply"),
+    (["--base-url", "http://a/v1", "--base-url", "http://b/v1"], "need --ray"),
+    (["--ray", "--shard-size", "0"], "must be positive"),
+])
+def test_cli_ray_usage_errors(tmp_path, args, message):
+    res = _invoke([str(_pairs_file(tmp_path)), "-o", str(tmp_path / "out"), "-b", "fake", *args])
+    assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+
+
+def test_cli_ray_rejects_a_single_pair_and_csv(tmp_path):
+    res = _invoke(["-i", "x", "-r", "y", "--ray"])
+    assert res.exit_code == 2 and "--ray scores a file" in " ".join(res.output.split())
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,instruction,response\na,x,y\n", encoding="utf-8")
+    res = _invoke([str(csv), "-o", str(tmp_path / "out"), "--ray", "-b", "fake"])
+    assert res.exit_code == 2 and "convert the CSV first" in res.output
+
+
+def test_cli_ray_without_ray_installed_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    for mod in ("ray", "ray.data"):  # None in sys.modules makes `import ray` fail
+        monkeypatch.setitem(sys.modules, mod, None)
+    res = _invoke([str(_pairs_file(tmp_path)), "-o", str(tmp_path / "out"), "--ray", "-b", "fake"])
+    assert res.exit_code == 2
+    assert "pip install 'fliprm[ray]'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()  # failed before touching the output
+
+
+@pytest.mark.slow
+def test_cli_ray_fake_backend_matches_single_machine_cli_and_resumes(local_ray, tmp_path):
+    """`fliprm score --ray` gives the same records as `fliprm score` and skips finished shards."""
+    rows: list[dict | str] = [{"id": f"p{i}", "instruction": x, "response": y}
+                              for i, (x, y) in enumerate(PAIRS)]
+    rows[2:2] = ["{broken", {"id": "nr", "instruction": "no response"}]
+    path = _write_jsonl(tmp_path / "in.jsonl", rows)
+    common = ["-b", "fake", "--template", "flip-short", "--max-tokens", "64"]
+
+    single = _invoke([str(path), "-o", str(tmp_path / "single.jsonl"), "--no-cache", *common])
+    assert single.exit_code == 1, single.output  # two bad lines
+    out = tmp_path / "ray"
+    res = _invoke([str(path), "-o", str(out), "--ray", "--shard-size", "3",
+                   "--cpus-per-actor", "0.5", "--batch-size", "2", *common])
+    assert res.exit_code == 1, res.output
+    assert "shard 00002 written" in res.output
+
+    expected = {r["id"]: r for r in (json.loads(line) for line in
+                (tmp_path / "single.jsonl").read_text(encoding="utf-8").splitlines())}
+    got = {r["id"]: r for r in _rows(out)}
+    assert set(got) == set(expected) and len(got) == 7
+    keys = ("line", "reward", "precision", "recall", "inferred_instruction", "parse_ok", "error",
+            "template", "prompt_tokens", "completion_tokens")
+    for rid, rec in expected.items():
+        assert {k: got[rid][k] for k in keys} == {k: rec[k] for k in keys}, rid
+    assert got["line-3"]["error"].startswith("line 3: broken JSON")
+    assert got["nr"]["error"] == "line 4: field 'response' is missing"
+    assert any(r["reward"] for r in got.values())  # not a trivially all-zero comparison
+
+    # Rerun: every shard is on disk, so nothing is scored or rewritten.
+    mtimes = [p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.parquet"))]
+    again = _invoke([str(path), "-o", str(out), "--ray", "--shard-size", "3",
+                     "--cpus-per-actor", "0.5", *common])
+    assert again.exit_code == 0, again.output
+    assert "shard 0" not in again.output
+    assert [p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.parquet"))] == mtimes

@@ -11,7 +11,7 @@ from ..backends import Backend
 from ..engine import Engine
 from ..judges import Judge, get_judge
 
-__all__ = ["JudgeFactory", "fake_eval_backend", "judge_factory", "words"]
+__all__ = ["JudgeFactory", "fake_eval_backend", "fake_eval_reply", "judge_factory", "words"]
 
 JudgeFactory = Callable[[str, int], Judge]
 
@@ -46,25 +46,30 @@ def judge_factory(
     return make
 
 
+def fake_eval_reply(req: GenerateRequest) -> Completion:
+    """The scripted answer of :func:`fake_eval_backend`: valid JSON for whichever judge asked.
+
+    Module level (not a closure) so it pickles by reference into Ray actors.
+    """
+    text = req.messages[-1]["content"]
+    props = (req.json_schema or {}).get("properties", {})
+    n = len(text)
+    answer: dict[str, Any] = {"REASONING": "scripted"}
+    if "SCORE" in props:
+        answer["SCORE"] = 1 + n % 10
+    elif "BETTER_RESPONSE" in props:
+        answer["BETTER_RESPONSE"] = "AB"[n % 2]
+    elif "BEST_RESPONSE_INDEX" in props:
+        answer["BEST_RESPONSE_INDEX"] = n % (props["BEST_RESPONSE_INDEX"].get("maximum", 0) + 1)
+    else:
+        answer["INFERRED INSTRUCTION"] = " ".join(text.split()[-12:])
+    out = json.dumps(answer)
+    return Completion(text=out, prompt_tokens=n // 4, completion_tokens=len(out) // 4)
+
+
 def fake_eval_backend() -> Backend:
     """A deterministic scripted backend that answers every judge's JSON schema (for CLI smoke
     tests and dry runs only: its verdicts are arbitrary, never a stand-in for a model)."""
     from ..backends.fake import FakeBackend
 
-    def reply(req: GenerateRequest) -> Completion:
-        text = req.messages[-1]["content"]
-        props = (req.json_schema or {}).get("properties", {})
-        n = len(text)
-        answer: dict[str, Any] = {"REASONING": "scripted"}
-        if "SCORE" in props:
-            answer["SCORE"] = 1 + n % 10
-        elif "BETTER_RESPONSE" in props:
-            answer["BETTER_RESPONSE"] = "AB"[n % 2]
-        elif "BEST_RESPONSE_INDEX" in props:
-            answer["BEST_RESPONSE_INDEX"] = n % (props["BEST_RESPONSE_INDEX"].get("maximum", 0) + 1)
-        else:
-            answer["INFERRED INSTRUCTION"] = " ".join(text.split()[-12:])
-        out = json.dumps(answer)
-        return Completion(text=out, prompt_tokens=n // 4, completion_tokens=len(out) // 4)
-
-    return FakeBackend(reply, model_id="fake-eval")
+    return FakeBackend(fake_eval_reply, model_id="fake-eval")
