@@ -128,3 +128,24 @@ def test_flip_template_option_reaches_the_judge():
     make = judge_factory(FakeBackend([]), judge_options=flip_judge_options("flip-short"))
     assert make("flip", 0).reward.template.name == "flip-short"
     assert make("pointwise", 0).template.name == "pointwise"
+
+
+def test_cli_eight_candidates_curve_over_1_2_4_8_against_random_and_oracle(tmp_path):
+    bon8 = Path(__file__).parent / "fixtures" / "bon8_tiny.jsonl"
+    out = tmp_path / "bon8"
+    res = CliRunner().invoke(_app(), ["rerank", str(bon8), "--label-field", "preference",
+                                      "--methods", "flip,longest", "--backend", "fake",
+                                      "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "bon_results.json").read_text())
+    assert s["sizes"] == [1, 2, 4, 8]
+    assert set(s["curve"]) == {"flip", "longest", "random", "oracle"}
+    # N=8, by hand from the fixture: oracle = mean of the row maxima, random = mean of all labels
+    assert s["curve"]["oracle"][-1] == pytest.approx((2.0 + 1.9) / 2)
+    assert s["curve"]["random"][-1] == pytest.approx((10.7 / 8 + 10.0 / 8) / 2)
+    # the longest answer is the best-labelled one in both rows
+    assert s["methods"]["longest"]["mean_label"] == pytest.approx((2.0 + 1.9) / 2)
+    report = (out / "bon_report.md").read_text()
+    assert "| pick | N=1 | N=2 | N=4 | N=8 |" in report
+    assert "| random pick |" in report and "| oracle |" in report
+    assert (out / "bon_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -247,3 +247,70 @@ def test_runner_doc_example_runs():
 
     (rec,) = asyncio.run(arun_rewardbench2([item], lambda m, s: LongestJudge(seed=s), ["longest"]))
     assert rec["credit"] == 1.0 and rec["pick"] == 0
+
+
+# ---- issue 3 checks: offline hub, report contents ------------------------------------------------
+
+
+def test_cli_offline_hub_without_data_fails_fast_with_advice(tmp_path):
+    # HF offline mode skips our reachability probe, so `datasets` itself must fail, not hang.
+    # A subprocess, because huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}  # an empty cache: nothing to fall back on
+    proc = subprocess.run([sys.executable, "-m", "fliprm.cli.main", "eval", "rewardbench2",
+                           "--out", str(tmp_path / "out")],
+                          check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "--data rb2.parquet" in proc.stderr and "allenai/reward-bench-2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_cli_without_datasets_package_fails_with_advice(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    res = CliRunner().invoke(_app(), ["eval", "rewardbench2", "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "pip install datasets" in res.output and "--data rb2.parquet" in res.output
+
+
+def test_score_by_length_splits_chosen_and_rejected_by_each_answers_length(tmp_path):
+    recs = [_rec("flip", "1", "A", 1.0) | {"scores": [0.9, 0.2, None], "candidate_words": [30, 300, 40]},
+            _rec("flip", "2", "A", 0.0) | {"scores": [0.1, 0.5], "candidate_words": [600, 20]},
+            _rec("longest", "1", "A", 1.0) | {"scores": [5.0, 1.0], "candidate_words": [30, 300]}]
+    s = write_report(recs, tmp_path)
+    flip = s["methods"]["flip"]["score_by_length"]
+    assert flip["<100"] == {"chosen": 0.9, "rejected": 0.5, "n_chosen": 1, "n_rejected": 1}
+    assert flip["250-499"]["n_chosen"] == 0 and flip["250-499"]["rejected"] == 0.2
+    assert flip["500+"]["chosen"] == 0.1 and flip["500+"]["n_rejected"] == 0
+    assert "100-249" not in flip  # the None score (a failed call) is left out, not counted as 0
+    assert "score_by_length" not in s["methods"]["longest"]  # its score is the length itself
+    report = (tmp_path / "report.md").read_text()
+    assert "## Score by answer length" in report
+    assert "0.90 / 0.50 (n=1/1)" in report and "- / 0.20 (n=0/1)" in report
+
+
+def test_cli_report_has_every_section_issue_3_asks_for(tmp_path):
+    out = tmp_path / "rb2"
+    res = CliRunner().invoke(_app(), ["eval", "rewardbench2", "--data", str(JSONL), "--methods",
+                                      "flip,pointwise,longest", "--out", str(out), "--backend", "fake"])
+    assert res.exit_code == 0, res.output
+    report = (out / "report.md").read_text()
+    for heading in ("## Accuracy", "## Ties, parse failures and cost",
+                    "## FLIP's relative gain over each baseline",
+                    "## Accuracy by mean answer length", "## Score by answer length"):
+        assert heading in report, heading
+    for column in ("tie rate %", "parse failures % of calls", "tokens / item", "seconds / item"):
+        assert column in report, column
+    assert "![accuracy_by_subset.png](accuracy_by_subset.png)" in report
+    assert (out / "accuracy_by_subset.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    flip = results["methods"]["flip"]
+    assert all(len(sub["ci"]) == 2 for sub in flip["subsets"].values())
+    assert set(results["flip_relative_gain"]) == {"pointwise", "longest"}
+    assert flip["score_by_length"]["<100"]["n_chosen"] == 3  # 3 items, one chosen answer each

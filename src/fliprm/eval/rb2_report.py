@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,9 +31,29 @@ def _item_means(recs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: mean(v) for k, v in by_item.items()}
 
 
+def _score_by_length(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean score of correct (chosen) and incorrect (rejected) answers by each answer's own
+    word count. For FLIP the score is the reward, so this shows whether long answers earn more
+    (or less) reward regardless of quality, and whether the chosen-rejected gap holds up."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"chosen": [], "rejected": []})
+    for r in recs:
+        lens = r.get("candidate_words")  # absent in records written before it was added
+        if not lens:
+            continue
+        for i, (score, n) in enumerate(zip(r["scores"], lens)):
+            if score is not None:
+                cells[_bucket(n)]["chosen" if i < r["num_correct"] else "rejected"].append(score)
+    return {
+        label: {"chosen": mean(cells[label]["chosen"]), "rejected": mean(cells[label]["rejected"]),
+                "n_chosen": len(cells[label]["chosen"]), "n_rejected": len(cells[label]["rejected"])}
+        for _, _, label in LENGTH_BUCKETS if label in cells
+    }
+
+
 def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
     """Per-method accuracy (overall = mean over subsets, with a 95% bootstrap CI over items),
-    per-subset accuracy, tie and parse-failure rates, cost, Ties score and length buckets."""
+    per-subset accuracy, tie and parse-failure rates, cost, Ties score, accuracy by length
+    bucket and the mean score of chosen / rejected answers by length bucket."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_method[r["method"]].append(r)
@@ -72,6 +93,8 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
                     "n": len(_item_means(buckets[label]))}
             for _, _, label in LENGTH_BUCKETS if buckets.get(label)
         }
+        if method != "longest":  # its score is the length itself: a tautology here
+            m["score_by_length"] = _score_by_length(recs)
         out["methods"][method] = m
     if "flip" in out["methods"]:
         flip = out["methods"]["flip"]["accuracy"]
@@ -124,6 +147,13 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
+def _score_cell(c: dict[str, Any]) -> str:
+    def one(x: float) -> str:
+        return "-" if math.isnan(x) else f"{x:.2f}"
+
+    return f"{one(c['chosen'])} / {one(c['rejected'])} (n={c['n_chosen']}/{c['n_rejected']})"
+
+
 def write_report(
     records: Sequence[dict[str, Any]], out_dir: str | Path, *, meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -169,6 +199,16 @@ def write_report(
                   if b in m["length_buckets"] else "-" for b in labels)] for n, m in ms.items()]
     lines += ["## Accuracy by mean answer length (words per candidate)", "",
               md_table(["method", *labels], rows), ""]
+    by_len = {n: m["score_by_length"] for n, m in ms.items() if m.get("score_by_length")}
+    if by_len:
+        labels = [b[2] for b in LENGTH_BUCKETS if any(b[2] in c for c in by_len.values())]
+        rows = [[n, *(_score_cell(c[b]) if b in c else "-" for b in labels)]
+                for n, c in by_len.items()]
+        lines += ["## Score by answer length (words in that answer)", "",
+                  ("Mean score of correct / incorrect answers, bucketed by each answer's own "
+                   "length, in each method's units: FLIP = reward (word F1, 0-1), pointwise = "
+                   "1-10 rating, pairwise = wins, listwise = 1 if picked."), "",
+                  md_table(["method", *labels], rows), ""]
     lines += [f"![{p}]({p})" for p in s["plots"]]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "results.json").write_text(json.dumps(s, indent=2, default=str), encoding="utf-8")

@@ -47,6 +47,7 @@ def _record(method: str, run: int, seed: int, item: RB2Item, j: Any) -> dict[str
         "parse_failures": j.parse_failures, "calls": j.calls, "prompt_tokens": j.prompt_tokens,
         "completion_tokens": j.completion_tokens, "seconds": round(j.seconds, 3),
         "errors": j.errors, "chosen_words": lens[0], "mean_words": sum(lens) / len(lens),
+        "candidate_words": lens,  # per answer, in candidate order: the reward-by-length table
         "details": j.details,
     }
 
