@@ -52,3 +52,9 @@ class Completion:
     #: served from fliprm's response cache, not the backend
     from_cache: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Upper bound on a constrained answer's REASONING field. A small model otherwise "reasons" by
+# summarising a long response until max_tokens cuts the JSON off (measured with the embedded
+# 0.5B model: 18 of 32 calls on AlpacaEval answers failed to parse without it).
+REASONING_MAX_CHARS = 200

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._sync import Portal
-from ._types import Completion, GenerateRequest
+from ._types import REASONING_MAX_CHARS, Completion, GenerateRequest
 from .backends import Backend, get_backend
 from .cache import ResponseCache
 from .engine import Engine
@@ -96,7 +96,7 @@ _OVERFLOW = re.compile(r"\((\d+) tokens\) exceeds the available context size \((
 def _schema(template: Template) -> dict[str, Any]:
     props: dict[str, Any] = {}
     if "REASONING" in template.system + template.user:
-        props["REASONING"] = {"type": "string"}
+        props["REASONING"] = {"type": "string", "maxLength": REASONING_MAX_CHARS}
     props["INFERRED INSTRUCTION"] = {"type": "string"}
     return {
         "type": "object",
@@ -235,6 +235,11 @@ class FlipReward:
         contexts: Sequence[Any] | None = None,
     ) -> AsyncIterator[tuple[int, FlipResult]]:
         """Yield ``(index, result)`` as each item finishes (for progress and resumable output)."""
+        for name, seq in (("instructions", instructions), ("responses", responses),
+                          ("contexts", contexts)):
+            if isinstance(seq, (str, bytes)):
+                # a bare string is a Sequence too: it would be scored one character per item
+                raise InputError(f"{name} must be a list with one entry per item, not a string")
         n = len(instructions)
         if responses is not None and len(responses) != n:
             raise InputError(f"got {n} instructions but {len(responses)} responses")

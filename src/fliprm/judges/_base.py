@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .._types import Completion, GenerateRequest
+from .._types import REASONING_MAX_CHARS, Completion, GenerateRequest
 from ..backends import Backend, get_backend
 from ..engine import Engine
 from ..errors import FlipError
@@ -139,7 +139,7 @@ class LMJudge:
             return None
         props: dict[str, Any] = {}
         if "REASONING" in self.template.system + self.template.user:
-            props["REASONING"] = {"type": "string"}
+            props["REASONING"] = {"type": "string", "maxLength": REASONING_MAX_CHARS}
         props.update(answer)
         return {"type": "object", "properties": props, "required": list(props),
                 "additionalProperties": False}
