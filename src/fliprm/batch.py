@@ -70,7 +70,14 @@ class Summary:
 def record_to_args(rec: dict[str, Any], fields: Fields) -> tuple[Any, Any, Any]:
     """Pick (instruction-or-messages, response, context) out of an input record."""
     if fields.messages in rec and fields.instruction not in rec:
-        return rec[fields.messages], rec.get(fields.response), rec.get(fields.context)
+        msgs = rec[fields.messages]
+        if not isinstance(msgs, list):
+            # a string here would otherwise be scored as if it were the instruction
+            raise InputError(
+                f"field {fields.messages!r} must be a list of chat messages, "
+                f"got {type(msgs).__name__}"
+            )
+        return msgs, rec.get(fields.response), rec.get(fields.context)
     if fields.instruction not in rec:
         raise InputError(
             f"field {fields.instruction!r} is missing (or give a {fields.messages!r} column)"

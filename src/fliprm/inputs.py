@@ -3,23 +3,46 @@ the item and the field."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Item", "format_context", "prepare_item", "split_conversation"]
+__all__ = ["Item", "format_context", "prepare_item", "require_text", "split_conversation"]
 
 Item = tuple[str, str, str | None]
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-def _text(value: Any, field: str, where: str, *, allow_empty: bool = False) -> str:
+
+def _check_unicode(value: str, field: str, where: str) -> None:
+    bad = _SURROGATE.search(value)
+    if bad:
+        # e.g. a JSON "\ud800" escape: no backend, cache key or output file can encode it
+        raise InputError(
+            f"{where}: field {field!r} is not valid Unicode (lone surrogate at character "
+            f"{bad.start()})"
+        )
+
+
+def require_text(value: Any, field: str, where: str, *, allow_empty: bool = False) -> str:
+    """``value`` as scoreable text, or an :class:`InputError` naming ``where`` and ``field``.
+
+    >>> require_text("Hi", "response", "item 3")
+    'Hi'
+    >>> require_text(7, "response", "item 3")
+    Traceback (most recent call last):
+    ...
+    fliprm.errors.InputError: item 3: field 'response' must be a string, got int
+    """
     if value is None:
         raise InputError(f"{where}: field {field!r} is missing (null)")
     if not isinstance(value, str):
         raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
     # C runtimes stop at NUL; drop it rather than silently score a cut-off text.
     value = value.replace("\x00", "")
+    _check_unicode(value, field, where)
     if not allow_empty and not value.strip():
         raise InputError(f"{where}: field {field!r} is empty")
     return value
@@ -33,6 +56,7 @@ def _messages(value: Any, field: str, where: str) -> list[Mapping[str, Any]]:
             raise InputError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'")
         if not isinstance(m["content"], str):
             raise InputError(f"{where}: {field}[{j}].content must be a string")
+        _check_unicode(m["content"], f"{field}[{j}].content", where)
     return list(value)
 
 
@@ -79,21 +103,21 @@ def prepare_item(
     """Validate one input and return (instruction, response, context)."""
     reply = None
     if not isinstance(instruction, (list, tuple)):
-        instr = _text(instruction, "instruction", where)
+        instr = require_text(instruction, "instruction", where)
     else:
         msgs = _messages(instruction, "messages", where)
         instr, conv_ctx, reply = split_conversation(msgs, infer=infer, where=where)
-        instr = _text(instr, "instruction", where)
+        instr = require_text(instr, "instruction", where)
         if context is None:
             context = conv_ctx
     if response is None and reply is not None:
         response = reply
-    resp = _text(response, "response", where)
+    resp = require_text(response, "response", where)
     ctx: str | None
     if context is None:
         ctx = None
     elif isinstance(context, str):
-        ctx = _text(context, "context", where, allow_empty=True) or None
+        ctx = require_text(context, "context", where, allow_empty=True) or None
     else:
         ctx = format_context(_messages(context, "context", where)) or None
     return instr, resp, ctx

@@ -10,10 +10,13 @@ so a killed run loses nothing that was finished. On restart it reads the ids alr
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +33,8 @@ class OutputError(FlipError, OSError):
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]  # Windows tools start UTF-8 files with a BOM
             if not raw.strip():
                 continue
             try:
@@ -48,12 +53,33 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
             yield lineno, obj
 
 
+#: the csv module's default cell cap is 128 KiB; a long response is a valid cell, not a crash
+_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
-    data = path.read_bytes().decode("utf-8", errors="replace")
+    # surrogateescape keeps undecodable bytes visible, so the bad row (not the file) is refused
+    data = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     reader = csv.DictReader(io.StringIO(data, newline=""))
-    for i, row in enumerate(reader, start=2):  # line 1 is the header
+    i = 1  # line 1 is the header; rows count from 2
+    while True:
+        i += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield i, InputError(f"line {i}: broken CSV: {exc}")
+            continue
         if None in row:
             yield i, InputError(f"line {i}: more cells than header columns")
+            continue
+        bad = [k for k, v in row.items() if isinstance(v, str) and _UNDECODABLE.search(v)]
+        if bad:
+            yield i, InputError(f"line {i}: invalid UTF-8 in column {bad[0]!r}")
             continue
         yield i, dict(row)
 
@@ -138,6 +164,12 @@ class ResultWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (e.g. an id read from a JSON "\ud800" escape) cannot be UTF-8;
+            # \u escapes keep the line valid and read back to the same id, so resume still works
+            line = json.dumps(record, ensure_ascii=True, default=str) + "\n"
         f = self._open()
         try:
             f.write(line)
