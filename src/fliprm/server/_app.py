@@ -4,12 +4,15 @@ metrics. Every route scores through one :class:`MicroBatcher` over one ``FlipRew
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..integrations.openrlhf import extract_response, rewards_payload
@@ -143,6 +146,13 @@ def create_app(
         for i, res in zip(todo, got):
             out[i] = res
         return out
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8 and fails with a 500 on a lone
+        # surrogate (a JSON "\ud800" escape, e.g. from a JS client); \u escapes always encode.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.get("/health")
     async def health() -> JSONResponse:

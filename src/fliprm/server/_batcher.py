@@ -184,7 +184,14 @@ class MicroBatcher:
         at = 0
         for j in jobs:
             if not j.future.done():
-                j.future.set_result(results[at : at + j.n])
+                mine = results[at : at + j.n]
+                for k, res in enumerate(mine):
+                    # ascore names an item by its place in the merged batch; the client only
+                    # knows its place in its own request
+                    merged = f"item {at + k}:"
+                    if res.error and res.error.startswith(merged):
+                        res.error = f"item {k}:" + res.error[len(merged) :]
+                j.future.set_result(mine)
             at += j.n
 
     async def aclose(self, timeout: float = 30.0) -> None:
