@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -123,6 +124,7 @@ class Scorer(Protocol):
     ) -> list[FlipResult]: ...
 
 
+_JSON = {"content-type": "application/json"}
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(FlipResult)}
 
 
@@ -183,10 +185,13 @@ class ServerScorer:
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         # A fresh client per call: adapters run on whatever event loop the framework owns, and a
         # pooled client must not outlive the loop it was created on.
+        content = json.dumps(body).encode()
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers) as client:
             for attempt in range(self.retries + 1):
                 try:
-                    resp = await client.post(self.url, json=body)
+                    # json.dumps escapes to ASCII: httpx's own encoder (ensure_ascii=False) raises
+                    # on a lone surrogate and would fail the whole chunk, not just that item
+                    resp = await client.post(self.url, content=content, headers=_JSON)
                 except httpx.TransportError:
                     if attempt >= self.retries:
                         raise

@@ -123,11 +123,12 @@ class FlipVerifier:
             return self.result_cls(
                 score=settings.failure_score, cost=0.0, reasoning=f"flip failed: {res.error}"
             )
-        return self.result_cls(
-            score=float(res.reward),
-            cost=0.0,
-            reasoning=f"inferred instruction: {res.inferred_instruction}",
-        )
+        if res.inferred_instruction is None:
+            # e.g. an empty prediction scores 0 without a judge call: say so, not "None"
+            reasoning = f"no inferred instruction: {res.parse_error}"
+        else:
+            reasoning = f"inferred instruction: {res.inferred_instruction}"
+        return self.result_cls(score=float(res.reward), cost=0.0, reasoning=reasoning)
 
 
 def register_with_open_instruct() -> type:

@@ -89,7 +89,12 @@ async def ascore_openrlhf(
     """Score OpenRLHF-shaped input with the process scorer (shared by the file mode)."""
     prompts = list(prompts) if prompts is not None else [None] * len(queries)  # type: ignore[list-item]
     labels = list(labels) if labels is not None else [None] * len(queries)
-    responses = [extract_response(q, p) for q, p in zip(queries, prompts)]
+    # A query that is not text goes through as is, so the core gives that item a named error
+    # (failure_score) instead of an AttributeError that would fail the whole batch.
+    responses = [
+        extract_response(q, p if isinstance(p, str) else None) if isinstance(q, str) else q
+        for q, p in zip(queries, prompts)
+    ]
     return await score_batch(settings, [_label_text(x) for x in labels], responses)
 
 

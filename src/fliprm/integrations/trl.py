@@ -51,7 +51,8 @@ def _instructions(
         raise ConfigError("flip_reward needs `prompts` or an instruction column")
     # Conversational prompts go to the core as messages: the last user turn is the
     # instruction and earlier turns become context. A standard prompt is the instruction.
-    return [list(p) if not isinstance(p, str) and p is not None else p for p in prompts][:n]
+    # Anything else (None, a number) goes through as is: the core rejects it, naming the item.
+    return [list(p) if isinstance(p, (list, tuple)) else p for p in prompts][:n]
 
 
 async def flip_reward(
