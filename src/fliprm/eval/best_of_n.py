@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..inputs import require_text
 from ..judges import Judge, top_indices
 from ..records import ResultWriter, read_records
 from .stats import bootstrap_ci, mean
@@ -40,6 +41,7 @@ def load_rows(
     Rows without an id get their 1-based row number.
     """
     rows = []
+    first_seen: dict[str, str] = {}
     for n, rec in read_records(path):
         if isinstance(rec, InputError):
             raise InputError(f"{path}: {rec}")
@@ -48,11 +50,25 @@ def load_rows(
         if not isinstance(prompt, str) or not isinstance(cands, list) or not cands:
             raise InputError(f"{where}: needs a string {prompt_field!r} and a non-empty list "
                              f"{candidates_field!r}")
+        prompt = require_text(prompt, prompt_field, where)
+        # an empty candidate is a real (bad) answer; a null or a number is bad data, not "None"
+        cands = [require_text(c, f"{candidates_field}[{j}]", where, allow_empty=True)
+                 for j, c in enumerate(cands)]
         labels = rec.get(label_field) if label_field else None
-        if label_field and (not isinstance(labels, list) or len(labels) != len(cands)):
-            raise InputError(f"{where}: {label_field!r} must be a list as long as the candidates")
-        rows.append({"id": str(rec.get(id_field, n)), "prompt": prompt,
-                     "candidates": [str(c) for c in cands], "labels": labels})
+        if label_field and (
+            not isinstance(labels, list) or len(labels) != len(cands)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in labels)
+        ):
+            # the report averages labels: a null or a string would crash it after all the work
+            raise InputError(f"{where}: {label_field!r} must be a list of numbers as long as "
+                             "the candidates")
+        raw_id = rec.get(id_field)
+        row_id = str(raw_id) if raw_id not in (None, "") else str(n)
+        # picks are keyed by id: a duplicate would be skipped on resume and merged in the report
+        if row_id in first_seen:
+            raise InputError(f"{where}: duplicate id {row_id!r} (first at {first_seen[row_id]})")
+        first_seen[row_id] = where
+        rows.append({"id": row_id, "prompt": prompt, "candidates": cands, "labels": labels})
         if limit is not None and len(rows) >= limit:
             break
     return rows

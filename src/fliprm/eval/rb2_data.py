@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
+from ..inputs import require_text
 from ..records import read_records
 
 __all__ = ["DEFAULT_SUBSETS", "HUB_DATASET", "RB2Item", "load_items", "normalize"]
@@ -54,19 +55,22 @@ class RB2Item:
 
 
 def _as_list(value: Any, name: str, where: str) -> list[str]:
+    # An empty answer is a legitimate (bad) answer and stays; a null or a number is bad data.
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise InputError(f"{where}: {name!r} must be a string or a list of strings")
+        return [require_text(value, name, where, allow_empty=True)]
+    if isinstance(value, (list, tuple)) and value:
+        return [require_text(v, f"{name}[{j}]", where, allow_empty=True) for j, v in enumerate(value)]
+    raise InputError(f"{where}: {name!r} must be a string or a non-empty list of strings")
 
 
 def _prompt_text(prompt: Any, where: str) -> str:
-    if isinstance(prompt, str):
-        return prompt
+    # Every judge would rank answers to a blank prompt at random: refuse it up front.
     if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
-        return str(prompt[-1].get("content", ""))  # chat messages: the last turn is the ask
-    raise InputError(f"{where}: 'prompt' must be a string or a list of chat messages")
+        # chat messages: the last turn is the ask
+        return require_text(prompt[-1].get("content"), "prompt[-1].content", where)
+    if not isinstance(prompt, str):
+        raise InputError(f"{where}: 'prompt' must be a string or a list of chat messages")
+    return require_text(prompt, "prompt", where)
 
 
 def normalize(row: dict[str, Any], default_subset: str, where: str) -> RB2Item:
@@ -75,8 +79,9 @@ def normalize(row: dict[str, Any], default_subset: str, where: str) -> RB2Item:
         if key not in row:
             raise InputError(f"{where}: missing field {key!r}")
     known = {"id", "prompt", "chosen", "rejected", "subset"}
+    raw_id = row.get("id")
     return RB2Item(
-        id=str(row.get("id", where)),
+        id=str(raw_id) if raw_id not in (None, "") else where,
         prompt=_prompt_text(row["prompt"], where),
         chosen=_as_list(row["chosen"], "chosen", where),
         rejected=_as_list(row["rejected"], "rejected", where),
@@ -136,8 +141,14 @@ def load_items(
     wanted = set(subsets) if subsets is not None and has_subset else None
     items: list[RB2Item] = []
     per_subset: dict[str, int] = {}
+    first_seen: dict[str, str] = {}
     for where, row in rows:
         item = normalize(row, default_subset, where)
+        # records are keyed by item id: a duplicate would be skipped on resume and merged in
+        # the report, so it is refused before any work
+        if item.id in first_seen:
+            raise InputError(f"{where}: duplicate id {item.id!r} (first at {first_seen[item.id]})")
+        first_seen[item.id] = where
         if wanted is not None and item.subset not in wanted:
             continue
         if limit is not None and per_subset.get(item.subset, 0) >= limit:
