@@ -39,6 +39,12 @@ class EmbeddedBackend:
         sha256: if given, ``model_path`` must hash to it before it is loaded.
         n_ctx: context window in tokens.
         n_threads: CPU threads (default: all cores this process may use).
+        prompt_cache_mib: host RAM for llama.cpp's cache of earlier prompts' KV states (reused
+            when a later prompt shares their prefix). llama.cpp's own default, 8 GiB, lets a
+            long run grow by several MB per distinct prompt: measured 805 MB peak RSS after 3
+            IFBench items, 1,264 MB after 50. The running slot keeps its own KV cache, so
+            consecutive calls sharing a prefix (system prompt, likelihood scoring of several
+            instructions for one response) still reuse it at 0.
         http_port: also serve the model over HTTP on 127.0.0.1 at this port (0 = any free
             port; ``None`` = pick one anyway, as llama.cpp always listens; protected by a
             random API key unless ``api_key`` is given).
@@ -58,6 +64,7 @@ class EmbeddedBackend:
         sha256: str | None = None,
         n_ctx: int = 8192,
         n_threads: int | None = None,
+        prompt_cache_mib: int = 128,
         http_port: int | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -67,6 +74,7 @@ class EmbeddedBackend:
         self._sha256 = sha256 if model_path else DEFAULT_MODEL_SHA256
         self.n_ctx = n_ctx
         self.n_threads = n_threads or _default_threads()
+        self.prompt_cache_mib = prompt_cache_mib
         self._port = http_port
         # llama.cpp always listens on a port; guard it with a random key unless the caller
         # asks for an open one (api_key="").
@@ -104,6 +112,7 @@ class EmbeddedBackend:
             p.model.path = str(path)
             p.n_ctx = self.n_ctx
             p.n_parallel = 1
+            p.cache_ram_mib = self.prompt_cache_mib
             p.cpuparams.n_threads = self.n_threads
             p.cpuparams_batch.n_threads = self.n_threads
             p.warmup = False
