@@ -1,7 +1,22 @@
-"""Load-test a fliprm server: many concurrent clients, latency percentiles, batching achieved.
+"""Load-test `fliprm serve`: many concurrent clients on 127.0.0.1, bounded in count and time.
 
-python bench/load.py --url http://127.0.0.1:8080 --clients 32 --requests 256
-python bench/load.py --fake-delay 0.02      # no model: an in-thread server over FakeBackend
+    python bench/load.py                       # in-thread server over a fake judge (no model)
+    python bench/load.py --embedded --requests 48 --clients 1,8,32
+    python bench/load.py --url http://127.0.0.1:8080 --api-key KEY
+    python bench/load.py --json out.json
+
+Each scenario sends ``--requests`` single-item requests from N concurrent clients and reports:
+requests/s, p50/p99 latency of answered requests, the 503 (queue full) rate, other status codes,
+how many backend batches served them (micro-batching), the deepest queue seen by a poller, and
+the peak RSS of the process (the server runs in it unless --url). The last scenario shrinks the
+server's queue so that 503s must appear.
+
+Checks, per scenario (a failure is printed and makes the exit code 1):
+- every request gets exactly one reply, and the server's own request counter agrees;
+- with the fake judge, each 200 reply carries *its own* item's reward: the judge echoes the
+  response as the inferred instruction, and every request's instruction equals its response
+  and differs from every other request's, so a reply routed to the wrong request scores < 1;
+- the queue never grows past its bound.
 """
 
 from __future__ import annotations
@@ -9,79 +24,189 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
+import sys
 import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
+from rich.console import Console
+from rich.table import Table
 
 
-def _metric(text: str, name: str) -> float:
-    return next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " "))
+def _metric(text: str, name: str, label: str = "") -> float:
+    """Sum of a Prometheus metric's samples whose labels contain ``label``."""
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + " ") or line.startswith(name + "{")) and label in line:
+            total += float(line.split()[-1])
+    return total
 
 
-async def run(url: str, clients: int, requests: int, route: str, key: str | None) -> None:
+@dataclass
+class Scenario:
+    name: str
+    clients: int
+    requests: int
+    max_queue_items: int | None = None
+    sent: int = 0
+    codes: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    batches: float = 0.0
+    server_requests: float = 0.0
+    max_queue_seen: float = 0.0
+    wrong_replies: int = 0
+    peak_rss_mb: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+async def drive(url: str, sc: Scenario, key: str | None, route: str, check_echo: bool) -> None:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    todo = iter(range(requests))
-    lat: list[float] = []
-    codes: dict[int, int] = {}
+    todo = iter(range(sc.requests))
+    limits = httpx.Limits(max_connections=sc.clients + 2)
 
     async def worker(c: httpx.AsyncClient) -> None:
         for i in todo:
-            words = f"write a short note number {i}"
+            words = f"write note number {i} about topic {i * 7919 % 1000}"
             if route == "get_reward":
-                body = {"query": [f"<p>{words}<|im_end|>"], "prompts": ["<p>"], "labels": [words]}
+                body: dict[str, Any] = {"query": [words], "prompts": [""], "labels": [words]}
+                path = "/get_reward"
             else:
                 body = {"items": [{"instruction": words, "response": words}]}
+                path = "/v1/score"
             t0 = time.perf_counter()
-            r = await c.post(
-                f"{url}/{'get_reward' if route == 'get_reward' else 'v1/score'}", json=body
-            )
-            lat.append(time.perf_counter() - t0)
-            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            sc.sent += 1
+            try:
+                r = await c.post(url + path, json=body)
+            except httpx.HTTPError as exc:
+                sc.codes[-1] = sc.codes.get(-1, 0) + 1
+                sc.problems.append(f"request {i}: {type(exc).__name__}")
+                continue
+            sc.codes[r.status_code] = sc.codes.get(r.status_code, 0) + 1
+            if r.status_code == 200:
+                sc.latencies.append(time.perf_counter() - t0)
+                if check_echo:
+                    data = r.json()
+                    reward = (
+                        data["rewards"][0] if route == "get_reward"
+                        else data["results"][0]["reward"]
+                    )
+                    if reward != 1.0:
+                        sc.wrong_replies += 1
 
-    async with httpx.AsyncClient(timeout=600, headers=headers) as c:
-        before = _metric((await c.get(url + "/metrics")).text, "fliprm_batches_total")
+    async def poll_queue(c: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                text = (await c.get(url + "/metrics")).text
+                sc.max_queue_seen = max(sc.max_queue_seen, _metric(text, "fliprm_queue_depth"))
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(timeout=900, headers=headers, limits=limits) as c:
+        before = (await c.get(url + "/metrics")).text
+        stop = asyncio.Event()
+        poller = asyncio.create_task(poll_queue(c, stop))
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(clients)))
-        wall = time.perf_counter() - t0
-        after = _metric((await c.get(url + "/metrics")).text, "fliprm_batches_total")
-    q = statistics.quantiles(lat, n=20)
-    print(
-        json.dumps(
-            {
-                "requests": requests,
-                "clients": clients,
-                "req_per_s": round(requests / wall, 2),
-                "p50_s": round(q[9], 4),
-                "p95_s": round(q[18], 4),
-                "codes": codes,
-                "backend_batches": after - before,
-            }
-        )
+        await asyncio.gather(*(worker(c) for _ in range(sc.clients)))
+        sc.wall_s = time.perf_counter() - t0
+        stop.set()
+        await poller
+        after = (await c.get(url + "/metrics")).text
+    sc.batches = _metric(after, "fliprm_batches_total") - _metric(before, "fliprm_batches_total")
+    # only the scoring route: the poller's /metrics calls are counted too
+    lab = f'route="{"/get_reward" if route == "get_reward" else "/v1/score"}"'
+    sc.server_requests = (
+        _metric(after, "fliprm_requests_total", lab) - _metric(before, "fliprm_requests_total", lab)
     )
+    answered = sum(sc.codes.values())
+    if answered != sc.requests or sc.sent != sc.requests:
+        sc.problems.append(f"{sc.requests} requests, {answered} replies")
+    if sc.server_requests and sc.server_requests != sc.requests:
+        sc.problems.append(f"server counted {sc.server_requests:g} requests, sent {sc.requests}")
+    if sc.wrong_replies:
+        sc.problems.append(f"{sc.wrong_replies} replies carried another request's reward")
+    if sc.max_queue_items is not None and sc.max_queue_seen > sc.max_queue_items:
+        sc.problems.append(f"queue reached {sc.max_queue_seen:g} > bound {sc.max_queue_items}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--url")
-    ap.add_argument("--api-key")
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=256)
-    ap.add_argument("--route", choices=["score", "get_reward"], default="get_reward")
-    ap.add_argument("--fake-delay", type=float, default=0.02, help="judge latency without --url")
-    a = ap.parse_args()
-    if a.url:
-        asyncio.run(run(a.url, a.clients, a.requests, a.route, a.api_key))
-        return
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_in_thread(args: argparse.Namespace, scenarios: list[Scenario]) -> None:
     from fliprm import FlipReward
     from fliprm.backends.fake import FakeBackend
     from fliprm.server import ServerThread, create_app
 
-    reply = json.dumps({"INFERRED INSTRUCTION": "write a short note"})
-    rm = FlipReward(FakeBackend(lambda r: reply, delay_s=a.fake_delay, max_concurrency=1))
-    with ServerThread(create_app(rm)) as srv:
-        asyncio.run(run(srv.url, a.clients, a.requests, a.route, None))
+    if args.embedded:
+        reward = FlipReward("embedded", template="flip-short", max_tokens=64)
+    else:
+        def echo(req: Any) -> str:
+            # the response is the last line of the rendered user message's [Response] block
+            text = req.messages[-1]["content"].split("[Response]\n", 1)[1]
+            return json.dumps({"INFERRED INSTRUCTION": text.split("\n\n[Your", 1)[0]})
+
+        reward = FlipReward(FakeBackend(echo, delay_s=args.fake_delay, max_concurrency=1),
+                            template="flip-short")
+    for sc in scenarios:
+        opts = {} if sc.max_queue_items is None else {"max_queue_items": sc.max_queue_items}
+        with ServerThread(create_app(reward, **opts)) as srv:
+            asyncio.run(drive(srv.url, sc, None, args.route, check_echo=not args.embedded))
+        sc.peak_rss_mb = _rss_mb()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--url", help="an already running fliprm serve (else one runs in-thread)")
+    ap.add_argument("--api-key")
+    ap.add_argument("--embedded", action="store_true", help="in-thread server on the real model")
+    ap.add_argument("--clients", default="1,16,128", help="comma list of concurrent clients")
+    ap.add_argument("--requests", type=int, default=512, help="requests per scenario")
+    ap.add_argument("--route", choices=["score", "get_reward"], default="get_reward")
+    ap.add_argument("--fake-delay", type=float, default=0.01, help="fake judge seconds per call")
+    ap.add_argument("--small-queue", type=int, default=8,
+                    help="queue bound of the last scenario (0: skip it)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.clients.split(",")]
+    scenarios = [Scenario(f"{n} clients", n, args.requests) for n in counts]
+    if args.small_queue and not args.url:
+        scenarios.append(Scenario(f"{max(counts)} clients, queue {args.small_queue}",
+                                  max(counts), args.requests, max_queue_items=args.small_queue))
+    if args.url:
+        for sc in scenarios:
+            asyncio.run(drive(args.url, sc, args.api_key, args.route, check_echo=False))
+    else:
+        run_in_thread(args, scenarios)
+
+    judge = "remote server" if args.url else ("embedded model" if args.embedded else
+                                              f"fake judge, {args.fake_delay * 1000:g} ms/call")
+    t = Table(title=f"fliprm serve under load ({judge}, route {args.route})")
+    for col in ("scenario", "req/s", "p50 s", "p99 s", "503 rate", "other codes", "batches",
+                "max queue", "peak RSS MB", "checks"):
+        t.add_column(col, justify="left" if col in ("scenario", "checks") else "right")
+    ok = True
+    for sc in scenarios:
+        lat = sorted(sc.latencies)
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [lat[0] if lat else 0.0] * 99
+        other = {k: v for k, v in sc.codes.items() if k not in (200, 503)}
+        ok &= not sc.problems
+        t.add_row(
+            sc.name, f"{sc.requests / sc.wall_s:.1f}", f"{q[49]:.3f}", f"{q[98]:.3f}",
+            f"{sc.codes.get(503, 0) / sc.requests:.1%}", json.dumps(other) if other else "-",
+            f"{sc.batches:g}", f"{sc.max_queue_seen:g}", f"{sc.peak_rss_mb:.0f}",
+            "ok" if not sc.problems else "; ".join(sc.problems[:3]),
+        )
+    Console(width=200).print(t)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(sc) | {"latencies": None} for sc in scenarios], f, indent=2)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
