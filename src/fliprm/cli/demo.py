@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             reward = "error" if r.reward is None else f"{r.reward:.3f}"
             table.add_row(
                 resp[j].splitlines()[0][:40] + "...", f"{kind[j]}:\n{instr[j]}",
-                r.inferred_instruction or (r.error or r.parse_error or ""), reward,
+                _clip(r.inferred_instruction or (r.error or r.parse_error or "")), reward,
             )
         console.print(table)
         console.print(
@@ -67,3 +67,8 @@ def register(app: typer.Typer) -> None:
         rm.close()
         if any(r.error for r in results):
             raise typer.Exit(1)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    # a 0.5B model sometimes loops until max_tokens; the table shows the start of it
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
