@@ -18,11 +18,11 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..batch import Fields
+from ..batch import Fields, Summary
 from ..errors import FlipError, MissingDependency
 from ..reward import FlipResult, FlipReward
 from ._shards import (
@@ -127,25 +127,12 @@ class ShardReport:
 
 
 @dataclass
-class RaySummary:
+class RaySummary(Summary):
+    """The single-machine :class:`~fliprm.batch.Summary`, plus shard bookkeeping."""
+
     shards_total: int = 0
     shards_skipped: int = 0
     shards_written: int = 0
-    scored: int = 0
-    errors: int = 0
-    parse_failures: int = 0
-    reward_sum: float = 0.0
-    elapsed_s: float = 0.0
-    first_errors: list[str] = field(default_factory=list)
-
-    @property
-    def mean_reward(self) -> float | None:
-        ok = self.scored - self.errors
-        return self.reward_sum / ok if ok > 0 else None
-
-    @property
-    def items_per_s(self) -> float:
-        return self.scored / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def _has_errors(path: Path) -> bool:
@@ -302,11 +289,8 @@ def _report(k: int, rows: list[dict[str, Any]], path: Path, summary: RaySummary)
     errs = [r for r in rows if r.get("error")]
     ok = [float(r["reward"]) for r in rows if not r.get("error") and r.get("reward") is not None]
     summary.shards_written += 1
-    summary.scored += len(rows)
-    summary.errors += len(errs)
-    summary.parse_failures += sum(1 for r in rows if not r.get("error") and not r.get("parse_ok"))
-    summary.reward_sum += sum(ok)
-    summary.first_errors.extend(str(r["error"]) for r in errs[: 5 - len(summary.first_errors)])
+    for r in rows:
+        summary.add(r)
     return ShardReport(k, len(rows), len(errs), sum(ok) / len(ok) if ok else None, path)
 
 
