@@ -133,26 +133,12 @@ def make_reward(
     model: str | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
-    template: str | None = None,
-    system_template: Path | None = None,
-    user_template: Path | None = None,
-    method: str = "f1",
-    parse_failure: str = "raw",
-    max_tokens: int = 512,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    max_response_chars: int | None = None,
     cache: Path | None = None,
     no_cache: bool = False,
-    constrained: bool = True,
-    infer: str = "user",
+    **options: Any,
 ) -> FlipReward:
-    opts = reward_options(
-        concurrency=concurrency, template=template, system_template=system_template,
-        user_template=user_template, method=method, parse_failure=parse_failure,
-        max_tokens=max_tokens, temperature=temperature, seed=seed,
-        max_response_chars=max_response_chars, constrained=constrained, infer=infer,
-    )
+    """The CLI's FlipReward: ``options`` are :func:`reward_options`' keyword arguments."""
+    opts = reward_options(concurrency=concurrency, **options)
     cache_path = None if no_cache else (cache or cache_dir() / "responses.sqlite")
     return FlipReward(
         make_backend(backend, base_url, model, api_key, concurrency), cache=cache_path, **opts

@@ -50,8 +50,16 @@ def _count_lines(path: Path) -> int | None:
         return sum(1 for line in f if line.strip()) - (1 if path.suffix.lower() == ".csv" else 0)
 
 
+def _print_summary_table(title: str, rows: list[tuple[str, Any]], first_errors: list[str]) -> None:
+    t = Table(title=title, show_header=False)
+    for k, v in rows:
+        t.add_row(k, str(v))
+    err.print(t)
+    for e in first_errors:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+
+
 def print_summary(s: Summary, output: Path) -> None:
-    t = Table(title=f"fliprm score -> {escape(str(output))}", show_header=False)
     mean = s.mean_reward
     rows = [
         ("items in input", s.total),
@@ -65,15 +73,10 @@ def print_summary(s: Summary, output: Path) -> None:
         ("items/s", f"{s.items_per_s:.3f}"),
         ("elapsed", f"{s.elapsed_s:.1f} s"),
     ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    err.print(t)
-    for e in s.first_errors:
-        err.print(f"[red]error:[/red] {escape(str(e))}")
+    _print_summary_table(f"fliprm score -> {escape(str(output))}", rows, s.first_errors)
 
 
 def print_ray_summary(s: RaySummary, output: Path) -> None:
-    t = Table(title=f"fliprm score --ray -> {escape(str(output))}", show_header=False)
     mean = s.mean_reward
     rows = [
         ("shards", s.shards_total),
@@ -86,11 +89,7 @@ def print_ray_summary(s: RaySummary, output: Path) -> None:
         ("items/s (incl. Ray start)", f"{s.items_per_s:.3f}"),
         ("elapsed", f"{s.elapsed_s:.1f} s"),
     ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    err.print(t)
-    for e in s.first_errors:
-        err.print(f"[red]error:[/red] {escape(str(e))}")
+    _print_summary_table(f"fliprm score --ray -> {escape(str(output))}", rows, s.first_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -215,6 +214,20 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("several --base-url (one per replica) need --ray")
         elif single:
             raise typer.BadParameter("--ray scores a file: give INPUT and -o DIR")
+        # the FlipReward settings, shared by the Ray and the single-machine paths
+        options: dict[str, Any] = {
+            "template": template,
+            "system_template": system_template,
+            "user_template": user_template,
+            "method": method,
+            "parse_failure": parse_failure,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "max_response_chars": max_response_chars,
+            "constrained": constrained,
+            "infer": infer,
+        }
         if ray:
             assert input is not None and output is not None
             _score_ray(
@@ -233,20 +246,7 @@ def register(app: typer.Typer) -> None:
                 model=model,
                 api_key=api_key,
                 concurrency=concurrency,
-                reward_kwargs={
-                    "concurrency": concurrency,
-                    "template": template,
-                    "system_template": system_template,
-                    "user_template": user_template,
-                    "method": method,
-                    "parse_failure": parse_failure,
-                    "max_tokens": max_tokens,
-                    "temperature": temperature,
-                    "seed": seed,
-                    "max_response_chars": max_response_chars,
-                    "constrained": constrained,
-                    "infer": infer,
-                },
+                reward_kwargs={"concurrency": concurrency, **options},
                 cache=None if no_cache else cache,
                 retry_errors=retry_errors,
                 limit=limit,
@@ -258,19 +258,9 @@ def register(app: typer.Typer) -> None:
                 model=model,
                 api_key=api_key,
                 concurrency=concurrency,
-                template=template,
-                system_template=system_template,
-                user_template=user_template,
-                method=method,
-                parse_failure=parse_failure,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                max_response_chars=max_response_chars,
                 cache=cache,
                 no_cache=no_cache,
-                constrained=constrained,
-                infer=infer,
+                **options,
             )
         except FlipError as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
