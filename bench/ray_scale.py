@@ -45,11 +45,12 @@ def loadavg() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def run_single(pairs: list[dict], settings: dict, n_threads: int | None = None) -> tuple[dict, list]:
+def run_single(pairs: list[dict], settings: dict, backend_options: dict,
+               n_threads: int | None = None) -> tuple[dict, list]:
     from fliprm import FlipReward
     from fliprm.backends.embedded import EmbeddedBackend
 
-    backend = EmbeddedBackend(n_threads=n_threads)
+    backend = EmbeddedBackend(n_threads=n_threads, **backend_options)
     backend.start()  # load outside the timed part, as a long-running single-machine job would
     rm = FlipReward(backend, **settings)
     t0 = time.perf_counter()
@@ -61,15 +62,15 @@ def run_single(pairs: list[dict], settings: dict, n_threads: int | None = None) 
             "errors": sum(1 for r in res if r.error)}, [r.reward for r in res]
 
 
-def run_ray(inp: Path, out: Path, pairs: list[dict], settings: dict, actors: int,
-            cpus: int, shard_size: int, batch_size: int) -> tuple[dict, list]:
+def run_ray(inp: Path, out: Path, pairs: list[dict], settings: dict, backend_options: dict,
+            actors: int, cpus: int, shard_size: int, batch_size: int) -> tuple[dict, list]:
     import pyarrow.parquet as pq
 
     from fliprm.scale import score_file_ray
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    s = score_file_ray(inp, out, num_actors=actors, num_cpus_per_actor=cpus / actors,
+    s = score_file_ray(inp, out, backend_options=backend_options, num_actors=actors, num_cpus_per_actor=cpus / actors,
                        batch_size=batch_size, shard_size=shard_size, reward_options=settings)
     dt = time.perf_counter() - t0
     rows = sorted((r for f in sorted(out.glob("shard-*.parquet")) for r in pq.read_table(f).to_pylist()),
@@ -98,6 +99,12 @@ def main() -> None:
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--single-threads", default="",
                     help="also run the single path with these llama.cpp thread counts, e.g. 1")
+    ap.add_argument("--exact", action="store_true",
+                    help="reprocess every prompt from scratch (EmbeddedBackend(reuse_prompt_cache="
+                    "False)), so rewards cannot depend on which item a worker scored before")
+    ap.add_argument("--reference", type=Path,
+                    help="an earlier --out report (same --n and settings): compare with its rewards "
+                    "too, e.g. a single-machine run made while the other core was busy")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -108,28 +115,38 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     inp = args.workdir / f"pairs-{args.n}.jsonl"
     inp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
-    report: dict = {"settings": settings, "cpus": cpus, "n": args.n, "load_start": loadavg(), "runs": []}
+    backend_options = {"reuse_prompt_cache": False} if args.exact else {}
+    report: dict = {"settings": settings, "backend_options": backend_options, "cpus": cpus, "n": args.n, "load_start": loadavg(), "runs": []}
     print(json.dumps({"load_start": report["load_start"]}), flush=True)
 
     rewards: dict[str, list] = {}
+    if args.reference:
+        ref = json.loads(args.reference.read_text(encoding="utf-8"))
+        if (ref["settings"], ref.get("backend_options", {}), ref["n"]) != (settings, backend_options, args.n):
+            sys.exit(f"{args.reference}: made with other settings, --exact or --n")
+        rewards.update(ref["rewards"])
+        report["runs"].extend(ref["runs"])
     if not args.skip_single:
-        r, rewards["single"] = run_single(pairs, settings)
+        r, rewards["single"] = run_single(pairs, settings, backend_options)
         report["runs"].append(r)
         print(json.dumps(r), flush=True)
     for t in [int(x) for x in args.single_threads.split(",") if x]:
-        r, rewards[f"single{t}"] = run_single(pairs, settings, n_threads=t)
+        r, rewards[f"single{t}"] = run_single(pairs, settings, backend_options, n_threads=t)
         report["runs"].append(r)
         print(json.dumps(r), flush=True)
 
-    import ray
+    actor_counts = [int(a) for a in args.actors.split(",") if a]
+    if actor_counts:
+        import ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    for k in [int(a) for a in args.actors.split(",")]:
-        r, rewards[f"ray{k}"] = run_ray(inp, args.workdir / f"out-{args.n}-{k}", pairs, settings, k,
-                                        cpus, args.shard_size, args.batch_size)
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    for k in actor_counts:
+        r, rewards[f"ray{k}"] = run_ray(inp, args.workdir / f"out-{args.n}-{k}", pairs, settings,
+                                        backend_options, k, cpus, args.shard_size, args.batch_size)
         report["runs"].append(r)
         print(json.dumps(r), flush=True)
-    ray.shutdown()
+    if actor_counts:
+        ray.shutdown()
 
     # Same rewards? Against the default single path, and the 1-thread single path if run
     # (llama.cpp's float sums depend on the thread count, so greedy outputs can flip on ties).
@@ -140,6 +157,7 @@ def main() -> None:
             }
     report["load_end"] = loadavg()
     print(json.dumps(report, indent=2), flush=True)
+    report["rewards"] = rewards
     if args.out:
         args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
 

@@ -65,3 +65,37 @@ def test_overlong_response_is_cut_to_fit_the_context(embedded_backend):
     (r,) = rm.score(["Describe the sea."], ["The sea is vast and blue. " * 300])
     assert r.error is None and r.truncated and r.prompt_tokens <= 512
     small.close()
+
+
+def test_without_prompt_cache_reuse_an_item_scores_the_same_after_any_other(embedded_backend):
+    """``reuse_prompt_cache=False`` (``fliprm score --exact``): the log-probabilities of one
+    request do not depend on which request ran before it, to the bit. With reuse, the shared
+    system prefix comes from the previous call and the rest of the prompt runs in a different
+    batch split (measured: logprobs moved by up to 0.05, and 2 of 200 greedy IFBench rewards
+    differed between a sequential and a sharded Ray run)."""
+    import asyncio
+
+    from fliprm._types import GenerateRequest
+    from fliprm.backends.embedded import EmbeddedBackend
+
+    system = {"role": "system", "content": "Infer the instruction that produced the response. " * 8}
+
+    def req(response: str) -> GenerateRequest:
+        return GenerateRequest(messages=(system, {"role": "user", "content": response}),
+                               forced_text=PAIRS[1][0])
+
+    exact = EmbeddedBackend(n_ctx=4096, n_threads=embedded_backend.n_threads, reuse_prompt_cache=False)
+
+    async def target_after(before: str | None):
+        if before is not None:
+            await exact.generate(req(before))
+        return await exact.generate(req(PAIRS[1][1]))
+
+    try:
+        runs = [asyncio.run(target_after(b)) for b in (None, PAIRS[0][1], PAIRS[2][1], PAIRS[1][1])]
+    finally:
+        exact.close()
+    assert all(c.token_logprobs for c in runs)
+    assert all(c.token_logprobs == runs[0].token_logprobs for c in runs)
+    # the same request twice in a row: nothing was taken from the previous call
+    assert runs[-1].cached_prompt_tokens in (0, None)

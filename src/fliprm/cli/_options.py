@@ -48,6 +48,14 @@ CacheOpt = Annotated[
     typer.Option("--cache", help="SQLite response cache (default: in the fliprm cache dir)"),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="do not read or write the response cache")]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact",
+        help="embedded model: reprocess every prompt from scratch so an item's reward does not "
+        "depend on the item before it (bit-reproducible across orders, shards and actors; slower)",
+    ),
+]
 ConstrainedOpt = Annotated[
     bool, typer.Option("--constrained/--no-constrained", help="JSON-schema-constrained output")
 ]
@@ -59,6 +67,7 @@ def backend_options(
     model: str | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for ``get_backend(backend, ...)`` from the CLI flags.
 
@@ -66,6 +75,10 @@ def backend_options(
     which build their own backend on the worker.
     """
     opts: dict[str, Any] = {}
+    if exact:
+        if backend.split(":")[0] not in ("embedded", "gguf"):
+            raise typer.BadParameter("--exact applies to the embedded model (embedded, gguf:PATH)")
+        opts["reuse_prompt_cache"] = False
     if backend.startswith("openai"):
         opts.update(base_url=base_url, api_key=api_key)
         if model:
@@ -87,8 +100,11 @@ def make_backend(
     model: str | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
+    exact: bool = False,
 ) -> Backend:
-    return get_backend(backend, **backend_options(backend, base_url, model, api_key, concurrency))
+    return get_backend(
+        backend, **backend_options(backend, base_url, model, api_key, concurrency, exact)
+    )
 
 
 def reward_options(
@@ -135,11 +151,14 @@ def make_reward(
     concurrency: int | None = None,
     cache: Path | None = None,
     no_cache: bool = False,
+    exact: bool = False,
     **options: Any,
 ) -> FlipReward:
     """The CLI's FlipReward: ``options`` are :func:`reward_options`' keyword arguments."""
     opts = reward_options(concurrency=concurrency, **options)
     cache_path = None if no_cache else (cache or cache_dir() / "responses.sqlite")
     return FlipReward(
-        make_backend(backend, base_url, model, api_key, concurrency), cache=cache_path, **opts
+        make_backend(backend, base_url, model, api_key, concurrency, exact),
+        cache=cache_path,
+        **opts,
     )

@@ -21,6 +21,7 @@ from ._options import (
     CacheOpt,
     ConcurrencyOpt,
     ConstrainedOpt,
+    ExactOpt,
     MaxTokensOpt,
     MethodOpt,
     ModelOpt,
@@ -186,6 +187,7 @@ def register(app: typer.Typer) -> None:
         cache: CacheOpt = None,
         no_cache: NoCacheOpt = False,
         constrained: ConstrainedOpt = True,
+        exact: ExactOpt = False,
     ) -> None:
         """Score (instruction, response) pairs with FLIP.
 
@@ -246,6 +248,7 @@ def register(app: typer.Typer) -> None:
                 model=model,
                 api_key=api_key,
                 concurrency=concurrency,
+                exact=exact,
                 reward_kwargs={"concurrency": concurrency, **options},
                 cache=None if no_cache else cache,
                 retry_errors=retry_errors,
@@ -260,6 +263,7 @@ def register(app: typer.Typer) -> None:
                 concurrency=concurrency,
                 cache=cache,
                 no_cache=no_cache,
+                exact=exact,
                 **options,
             )
         except FlipError as exc:
@@ -331,6 +335,7 @@ def _score_ray(
     model: str | None,
     api_key: str | None,
     concurrency: int | None,
+    exact: bool,
     reward_kwargs: dict[str, Any],
     cache: Path | None,
     retry_errors: bool,
@@ -346,7 +351,7 @@ def _score_ray(
     # One URL: every actor talks to it (a single server or a load balancer). Several: each
     # actor takes the next one, so the actor count follows the replica count by default.
     opts = backend_options(
-        backend, urls[0] if len(urls) == 1 else None, model, api_key, concurrency
+        backend, urls[0] if len(urls) == 1 else None, model, api_key, concurrency, exact
     )
     if len(urls) > 1:
         opts.pop("base_url", None)
