@@ -302,16 +302,17 @@ def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
     assert "cache" not in seen["reward_options"]  # the default cache folder is the driver's
 
 
-def test_cli_exact_reaches_the_actors_backend_and_needs_the_embedded_model(tmp_path, monkeypatch):
+def test_cli_exact_and_mask_echo_reach_the_actors_and_exact_needs_the_embedded_model(tmp_path, monkeypatch):
     import fliprm.scale
     from fliprm.scale import RaySummary
 
     seen: dict = {}
     monkeypatch.setattr(fliprm.scale, "score_file_ray", lambda i, o, **kw: seen.update(kw) or RaySummary())
     path = _pairs_file(tmp_path)
-    res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--exact"])
+    res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--exact", "--mask-echo"])
     assert res.exit_code == 0, res.output
     assert seen["backend"] == "embedded" and seen["backend_options"] == {"reuse_prompt_cache": False}
+    assert seen["reward_options"]["mask_echo"] is True
     res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--exact", "-b", "openai:m",
                    "--base-url", "http://lb:8000/v1"])
     assert res.exit_code != 0 and "--exact applies to the embedded model" in res.output

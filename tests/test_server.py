@@ -263,6 +263,23 @@ def test_cli_refuses_public_host_without_api_key():
     assert "api-key" in res.output.lower() or "api_key" in res.output.lower()
 
 
+def test_cli_mask_echo_reaches_the_served_reward(monkeypatch):
+    """``fliprm serve --mask-echo`` builds the served FlipReward with the echo guard on."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import fliprm.server
+    from fliprm.cli.main import _register, app
+
+    seen: dict = {}
+    monkeypatch.setattr(fliprm.server, "create_app", lambda reward, **kw: seen.setdefault("rm", reward))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    _register()
+    res = CliRunner().invoke(app, ["serve", "-b", "fake", "--no-cache", "--mask-echo"])
+    assert res.exit_code == 0, res.output
+    assert seen["rm"].mask_echo is True
+
+
 # ---- the real model --------------------------------------------------------------------------
 
 

@@ -56,6 +56,14 @@ ExactOpt = Annotated[
         "depend on the item before it (bit-reproducible across orders, shards and actors; slower)",
     ),
 ]
+MaskEchoOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mask-echo",
+        help="mask runs of >= 6 words copied from the instruction before backward inference "
+        "(defends RL rewards against responses that restate the prompt)",
+    ),
+]
 ConstrainedOpt = Annotated[
     bool, typer.Option("--constrained/--no-constrained", help="JSON-schema-constrained output")
 ]
@@ -121,6 +129,7 @@ def reward_options(
     max_response_chars: int | None = None,
     constrained: bool = True,
     infer: str = "user",
+    mask_echo: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for :class:`FlipReward` (everything but the backend and the cache)."""
     tmpl: Template | str | None = template
@@ -138,6 +147,7 @@ def reward_options(
         "max_response_chars": max_response_chars,
         "constrained": constrained,
         "infer": infer,
+        "mask_echo": mask_echo,
         "max_concurrency": concurrency,
     }
 

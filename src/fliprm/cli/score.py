@@ -22,6 +22,7 @@ from ._options import (
     ConcurrencyOpt,
     ConstrainedOpt,
     ExactOpt,
+    MaskEchoOpt,
     MaxTokensOpt,
     MethodOpt,
     ModelOpt,
@@ -188,6 +189,7 @@ def register(app: typer.Typer) -> None:
         no_cache: NoCacheOpt = False,
         constrained: ConstrainedOpt = True,
         exact: ExactOpt = False,
+        mask_echo: MaskEchoOpt = False,
     ) -> None:
         """Score (instruction, response) pairs with FLIP.
 
@@ -229,6 +231,7 @@ def register(app: typer.Typer) -> None:
             "max_response_chars": max_response_chars,
             "constrained": constrained,
             "infer": infer,
+            "mask_echo": mask_echo,
         }
         if ray:
             assert input is not None and output is not None

@@ -13,6 +13,7 @@ from ._options import (
     BaseUrlOpt,
     CacheOpt,
     ConcurrencyOpt,
+    MaskEchoOpt,
     MaxTokensOpt,
     MethodOpt,
     ModelOpt,
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         max_response_chars: TruncOpt = 8000,
         cache: CacheOpt = None,
         no_cache: NoCacheOpt = False,
+        mask_echo: MaskEchoOpt = False,
         max_batch: Annotated[int, typer.Option(help="items per backend batch")] = 32,
         max_wait_ms: Annotated[float, typer.Option(help="wait for a batch to fill")] = 5.0,
         max_queue: Annotated[int, typer.Option(help="items queued before 503")] = 1024,
@@ -118,6 +120,7 @@ def register(app: typer.Typer) -> None:
             max_response_chars=max_response_chars,
             cache=cache,
             no_cache=no_cache,
+            mask_echo=mask_echo,
         )
         app_ = create_app(
             reward,

@@ -148,6 +148,8 @@ def _settings(backend: str, backend_options: Mapping[str, Any], reward_options: 
     s = {"backend": backend, "model": backend_options.get("model"), "fields": asdict(flds),
          "reward": {k: v for k, v in reward_options.items()
                     if k not in ("max_concurrency", "max_retries", "total_timeout", "cache")}}
+    if backend_options.get("reuse_prompt_cache") is False:  # --exact: other bits than a plain run
+        s["exact"] = True
     return json.loads(json.dumps(s, default=str, sort_keys=True))
 
 
