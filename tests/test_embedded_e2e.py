@@ -11,8 +11,8 @@ PAIRS = [
     ("Write a haiku about autumn leaves.",
      "Autumn leaves falling,\nred and gold on the cold ground:\na haiku of fall."),
     ("Give me three tips for sleeping better.",
-     "Here are three tips for better sleep:\n1. Keep a regular sleep schedule.\n"
-     "2. Avoid screens before bed.\n3. Keep your bedroom cool and dark."),
+     ("Here are three tips for better sleep:\n1. Keep a regular sleep schedule.\n"
+      "2. Avoid screens before bed.\n3. Keep your bedroom cool and dark.")),
     ("What is the boiling point of water at sea level?",
      "At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit)."),
 ]

@@ -16,11 +16,11 @@ PAIRS = [
     ("Write a haiku about autumn leaves.",
      "Autumn leaves falling,\nred and gold on the cold ground:\na haiku of fall."),
     ("Give me three tips for sleeping better.",
-     "Here are three tips for better sleep:\n1. Keep a regular sleep schedule.\n"
-     "2. Avoid screens before bed.\n3. Keep your bedroom cool and dark."),
+     ("Here are three tips for better sleep:\n1. Keep a regular sleep schedule.\n"
+      "2. Avoid screens before bed.\n3. Keep your bedroom cool and dark.")),
     ("Explain what photosynthesis is in two sentences.",
-     "Photosynthesis is the process by which green plants use sunlight, water and carbon "
-     "dioxide to make glucose. It releases oxygen as a by-product."),
+     ("Photosynthesis is the process by which green plants use sunlight, water and carbon "
+      "dioxide to make glucose. It releases oxygen as a by-product.")),
 ]
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col)
         wins = 0
         for j, r in enumerate(results):
-            if j % 2 == 0 and (results[j].reward or 0) > (results[j + 1].reward or 0):
+            if j % 2 == 0 and (r.reward or 0) > (results[j + 1].reward or 0):
                 wins += 1
             reward = "error" if r.reward is None else f"{r.reward:.3f}"
             table.add_row(
