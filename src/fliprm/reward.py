@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._sync import Portal
-from ._types import REASONING_MAX_CHARS, Completion, GenerateRequest
+from ._types import FLIP_REASONING_MAX_CHARS, Completion, GenerateRequest
 from .backends import Backend, get_backend
 from .cache import ResponseCache
 from .engine import Engine
@@ -96,7 +96,7 @@ _OVERFLOW = re.compile(r"\((\d+) tokens\) exceeds the available context size \((
 def _schema(template: Template) -> dict[str, Any]:
     props: dict[str, Any] = {}
     if "REASONING" in template.system + template.user:
-        props["REASONING"] = {"type": "string", "maxLength": REASONING_MAX_CHARS}
+        props["REASONING"] = {"type": "string", "maxLength": FLIP_REASONING_MAX_CHARS}
     props["INFERRED INSTRUCTION"] = {"type": "string"}
     return {
         "type": "object",
