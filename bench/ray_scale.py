@@ -4,6 +4,11 @@ Usage (CPU is shared: start small, run long jobs in the background)::
 
     python bench/ray_scale.py --n 20                    # smoke run, a few minutes
     nohup python bench/ray_scale.py --n 200 > /work/runs/ray/bench200.log 2>&1 &
+    # bit-exact comparison; the single-machine part first, while the other core is busy:
+    python bench/ray_scale.py --n 200 --exact --skip-single --single-threads 1 --actors "" \
+        --max-response-chars 600 --out single.json
+    python bench/ray_scale.py --n 200 --exact --skip-single --actors 2 \
+        --max-response-chars 600 --reference single.json
 
 Runs, in order, with identical reward settings and greedy decoding (model load is outside the
 single-machine timing but inside the Ray wall time: ray.init + actor start + load, ~10-20 s):
