@@ -12,7 +12,18 @@ from typing import Any
 from ..errors import ConfigError
 from ._base import Backend
 
-__all__ = ["Backend", "get_backend"]
+__all__ = ["Backend", "get_backend", "is_local_model"]
+
+_LOCAL_KINDS = ("embedded", "gguf")
+
+
+def is_local_model(spec: str) -> bool:
+    """True for specs that run llama.cpp in this process (``embedded``, ``gguf:PATH``).
+
+    >>> is_local_model("gguf:/m.gguf"), is_local_model("openai:m")
+    (True, False)
+    """
+    return spec.partition(":")[0] in _LOCAL_KINDS
 
 
 def get_backend(spec: str | Backend = "embedded", **options: Any) -> Backend:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..backends import Backend, get_backend
+from ..backends import Backend, get_backend, is_local_model
 from ..model import cache_dir
 from ..reward import FlipReward
 from ..templates import Template
@@ -84,7 +84,7 @@ def backend_options(
     """
     opts: dict[str, Any] = {}
     if exact:
-        if backend.split(":")[0] not in ("embedded", "gguf"):
+        if not is_local_model(backend):
             raise typer.BadParameter("--exact applies to the embedded model (embedded, gguf:PATH)")
         opts["reuse_prompt_cache"] = False
     if backend.startswith("openai"):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backends import is_local_model
 from ..batch import Fields, Summary
 from ..errors import FlipError, MissingDependency
 from ..reward import FlipResult, FlipReward
@@ -73,7 +74,7 @@ class FlipBatchScorer:
             import ray
 
             opts["base_url"] = ray.get(url_pool.next.remote())
-        if backend.split(":")[0] in ("embedded", "gguf") and n_threads and "n_threads" not in opts:
+        if is_local_model(backend) and n_threads and "n_threads" not in opts:
             # llama.cpp would otherwise spin one thread per core of the node, fighting the
             # other actors on it; match the CPUs Ray reserved for this actor.
             opts["n_threads"] = n_threads
