@@ -46,3 +46,4 @@ def fake_flip():
         return FakeBackend(lambda req: reply)
 
     return make
+

@@ -44,7 +44,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import fliprm.eval._common as eval_common
+import fliprm.backends.fake as fake_module
 from fliprm import FlipReward, Template
 from fliprm._types import GenerateRequest
 from fliprm.backends.fake import FakeBackend
@@ -87,6 +87,8 @@ def judge_reply(req: GenerateRequest) -> str | BadResponse:
     else:
         text = req.messages[-1]["content"]
         response = text.split("[Response]\n", 1)[-1].split("\n\n[Your Inferred", 1)[0]
+        if response.startswith("<response>\n"):  # the built-in templates' delimiters
+            response = response[len("<response>\n"):].rsplit("\n</response>", 1)[0]
         answer = {"REASONING": "echo", "INFERRED INSTRUCTION": response[:2000]}
     return json.dumps(answer, ensure_ascii=False)
 
@@ -100,10 +102,7 @@ def scripted_cli() -> Iterator[None]:
     """`--backend fake` in the CLI answers with :func:`judge_reply`; report plots are skipped
     (matplotlib costs seconds and is tested elsewhere)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(eval_common, "fake_eval_reply", judge_reply, raising=False)
-        mp.setattr(
-            eval_common, "fake_eval_backend", lambda: FakeBackend(judge_reply, model_id="fake-eval")
-        )
+        mp.setattr(fake_module, "scripted_reply", judge_reply)
         mp.setattr("fliprm.eval.rb2_report._plots", lambda summary, out_dir: [])
         mp.setattr("fliprm.eval.bon_report._plot", lambda summary, path: False)
         yield
@@ -857,8 +856,12 @@ def test_rerun_after_bad_input_redoes_and_duplicates_nothing(
     assert run.input is not None and run.output is not None
     out = tmp_path / "out.jsonl"
     out.write_bytes(run.output.read_bytes())
+    manifest = run.output.with_name(run.output.name + ".fliprm.json")
+    out.with_name(out.name + ".fliprm.json").write_bytes(manifest.read_bytes())
     code, output = _score_file(run.input, out)
-    assert code == 0 and "Traceback" not in output, output
+    # the bad lines' error records are still in the output: counted, and the exit code says so
+    assert code == 1 and "Traceback" not in output, output
+    assert "errors (earlier runs, still in the output)" in output, output
     assert out.read_bytes() == run.output.read_bytes()  # every line, bad ones too, is done
     assert not CALLS
 
@@ -1069,26 +1072,41 @@ def test_existing_output_with_a_broken_middle_line_is_a_clear_error(
 ) -> None:
     # only a half-written *last* line is a killed run's; one in the middle is someone's edit
     out = tmp_path / "scores.jsonl"
-    out.write_text('{"id": "0"}\nnot json\n{"id": "2"}\n')
+    pair = _one_pair(tmp_path)
+    code, output = invoke(["score", pair, "-o", out, "-b", "fake", "--no-cache"])
+    assert code == 0, output
+    out.write_text('{"line": 1}\nnot json\n{"line": 3}\n')
+    code, output = invoke(["score", pair, "-o", out, "-b", "fake", "--no-cache"])
+    _assert_clear_output_error(code, output, out, "line 2 is not a fliprm record")
+    assert out.read_text() == '{"line": 1}\nnot json\n{"line": 3}\n'  # left untouched
+
+
+def test_existing_output_without_settings_is_refused_and_untouched(
+    tmp_path: Path, scripted_cli: None
+) -> None:
+    # a file fliprm did not write (or an older fliprm, which recorded no settings)
+    out = tmp_path / "scores.jsonl"
+    out.write_text("my notes, one line without a newline")
     code, output = invoke(["score", _one_pair(tmp_path), "-o", out, "-b", "fake", "--no-cache"])
-    _assert_clear_output_error(code, output, out, "line 2 is not JSON; fix or remove it")
-    assert out.read_text() == '{"id": "0"}\nnot json\n{"id": "2"}\n'  # left untouched
+    _assert_clear_output_error(code, output, out, "no record of their settings")
+    assert out.read_text() == "my notes, one line without a newline"
 
 
 # ---- faults: fliprm eval rewardbench2 killed with SIGKILL and resumed --------------------------
 
-_REAL_FAKE_REPLY = eval_common.fake_eval_reply  # captured before any test patches it
+_REAL_FAKE_REPLY = fake_module.scripted_reply  # captured before any test patches it
 
 #: runs the real CLI in a child process with the scripted dry-run backend slowed down, so there
 #: is time to kill it between records; plots are skipped (seconds of matplotlib, tested elsewhere)
 _SLOW_CLI = """
 import sys
-import fliprm.eval._common as c
+import time
+import fliprm.backends.fake as fake
 import fliprm.eval.rb2_report as report
-from fliprm.backends.fake import FakeBackend
 
 delay = float(sys.argv[1])
-c.fake_eval_backend = lambda: FakeBackend(c.fake_eval_reply, model_id="fake-eval", delay_s=delay)
+_reply = fake.scripted_reply
+fake.scripted_reply = lambda req: (time.sleep(delay), _reply(req))[1]
 report._plots = lambda summary, out_dir: []
 sys.argv = ["fliprm", *sys.argv[2:]]
 from fliprm.cli.main import main
@@ -1131,11 +1149,7 @@ def test_eval_rewardbench2_sigkilled_then_resumed_loses_and_duplicates_nothing(
     total = 14 * 2
 
     # the reference: one clean, uninterrupted run with the same scripted backend
-    monkeypatch.setattr(
-        eval_common,
-        "fake_eval_backend",
-        lambda: FakeBackend(_REAL_FAKE_REPLY, model_id="fake-eval"),
-    )
+    monkeypatch.setattr(fake_module, "scripted_reply", _REAL_FAKE_REPLY)
     monkeypatch.setattr("fliprm.eval.rb2_report._plots", lambda summary, out_dir: [])
     clean = tmp_path / "clean"
     code, output = invoke(

@@ -41,10 +41,13 @@ def test_contextual_flip_on_a_real_conversation(embedded_backend):
         {"role": "assistant", "content": "Great! How can I help?"},
         {"role": "user", "content": "List three dishes I should try in Tokyo."},
     ]
-    rm = FlipReward(embedded_backend, max_tokens=256)
-    (r,) = rm.score([conv], ["1. Sushi at Tsukiji.\n2. Ramen in Shinjuku.\n3. Tempura in Asakusa."])
-    assert r.error is None and r.template == "flip-contextual" and r.parse_ok
-    assert 0.0 <= r.reward <= 1.0
+    answer = "1. Sushi at Tsukiji.\n2. Ramen in Shinjuku.\n3. Tempura in Asakusa."
+    # the default family keeps its own contextual twin; the paper's template keeps its own
+    for template, contextual in (("flip-short", "flip-short-contextual"), ("flip", "flip-contextual")):
+        rm = FlipReward(embedded_backend, max_tokens=256, template=template)
+        (r,) = rm.score([conv], [answer])
+        assert r.error is None and r.template == contextual and r.parse_ok, r
+        assert 0.0 <= r.reward <= 1.0
 
 
 def test_likelihood_prefers_the_matching_instruction(embedded_backend):

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from fliprm.backends.fake import FakeBackend
+from fliprm.config import RewardConfig
 from fliprm.engine import Engine
 from fliprm.errors import BackendError, ConfigError
 from fliprm.judges import (
@@ -86,7 +87,7 @@ def test_parse_score(text, expected):
 def test_custom_template_and_unconstrained():
     t = Template(name="mine", system="", user="Q: {instruction}\nA: {response}\nJSON SCORE only.")
     fb = FakeBackend(lambda r: '{"SCORE": 5}')
-    judge = PointwiseJudge(fb, template=t, constrained=False, max_tokens=32)
+    judge = PointwiseJudge(fb, template=t, config=RewardConfig(constrained=False, max_tokens=32))
     import asyncio
 
     asyncio.run(judge.arank("Q1", ["A1"]))
@@ -184,7 +185,7 @@ async def test_flip_judge_scores_each_candidate(fake_flip):
 async def test_flip_judge_counts_parse_failures():
     fb = FakeBackend(["not json at all", '{"INFERRED INSTRUCTION": "Name the capital of Spain."}'],
                      max_concurrency=1)
-    j = await FlipJudge(fb, parse_failure="zero").arank(INSTR, ["x", "y"])
+    j = await FlipJudge(fb, config=RewardConfig(parse_failure="zero")).arank(INSTR, ["x", "y"])
     assert j.parse_failures == 1 and j.scores[0] == 0.0 and j.scores[1] > 0.5 and j.pick == 1
 
 
@@ -217,7 +218,7 @@ TINY = ("Name the capital of France in one sentence.",
 @pytest.mark.model
 @pytest.mark.parametrize("name", ["flip", "pointwise", "pairwise", "listwise"])
 async def test_real_model_judges(embedded_backend, name):
-    judge = get_judge(name, backend=embedded_backend, max_tokens=128)
+    judge = get_judge(name, backend=embedded_backend, config=RewardConfig(max_tokens=128))
     j = await judge.arank(*TINY)
     assert j.calls >= 1 and j.completion_tokens > 0 and not j.errors
     assert j.parse_failures == 0  # JSON-constrained decoding

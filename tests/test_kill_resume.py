@@ -29,8 +29,7 @@ def _run(inp, out, cache):
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, embedded_backend):
     inp, out, cache = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "c.sqlite"
     with open(inp, "w") as f:
-        for i, a in enumerate(ANSWERS):
-            f.write(json.dumps({"id": f"q{i}", "instruction": "Tell me a fact.", "response": a}) + "\n")
+        f.writelines(json.dumps({"id": f"q{i}", "instruction": "Tell me a fact.", "response": a}) + "\n" for i, a in enumerate(ANSWERS))
     proc = _run(inp, out, cache)
     want = random.Random().randint(1, 4)  # kill at a random point after `want` items
     deadline = time.time() + 600

@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from fliprm.errors import ModelIntegrityError
@@ -11,14 +14,22 @@ def test_wrong_file_is_refused_with_a_fix(tmp_path):
         verify_file(f, "0" * 64)
 
 
-def test_verified_file_is_rehashed_after_it_changes(tmp_path):
+def test_a_file_changed_in_place_with_its_mtime_restored_is_refused(tmp_path):
+    # Regression: a ".verified" stamp keyed on size/mtime/inode trusted a file whose bytes
+    # were changed in place with the mtime put back (and a forged stamp). Every load hashes.
     f = tmp_path / "model.gguf"
-    f.write_bytes(b"good bytes")
+    f.write_bytes(b"good bytes" * 1000)
     good = sha256_file(f)
-    verify_file(f, good)  # writes the stamp
-    assert (tmp_path / "model.gguf.verified").exists()
-    f.write_bytes(b"evil bytes")  # same size, new content
-    with pytest.raises(ModelIntegrityError):
+    verify_file(f, good)
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.seek(4000)
+        fh.write(b"EVIL")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (tmp_path / "model.gguf.verified").write_text(
+        json.dumps({"sha256": good, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "ino": st.st_ino}))
+    with pytest.raises(ModelIntegrityError, match="refusing to load"):
         verify_file(f, good)
 
 

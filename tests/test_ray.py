@@ -14,6 +14,7 @@ import pytest
 
 from fliprm import FlipReward
 from fliprm.batch import Fields, score_file
+from fliprm.config import RewardConfig, RuntimeOptions
 from fliprm.scale import plan_shards, shard_path
 from fliprm.scale._shards import read_shard
 
@@ -63,9 +64,9 @@ def test_bad_rows_become_error_rows_with_line_numbers(tmp_path):
     plan = plan_shards(path, shard_size=10)
     rows = read_shard(plan, plan.shards[0], Fields())
     assert rows[0]["error"] is None and json.loads(rows[0]["args"]) == ["x", "y", None]
-    assert rows[1]["id"] == "line-2" and rows[1]["error"].startswith("line 2: broken JSON")
+    assert rows[1]["id"] is None and rows[1]["error"].startswith("line 2: broken JSON")
     assert rows[2]["error"] == "line 3: field 'response' is missing"
-    assert rows[3]["id"] == "a#line-4" and "duplicate id" in rows[3]["error"]
+    assert rows[3]["id"] == "a" and rows[3]["line"] == 4 and "duplicate id" in rows[3]["error"]
 
 
 def test_parquet_shards_follow_row_order_across_row_groups(tmp_path):
@@ -114,17 +115,17 @@ def test_fake_backend_rows_match_single_machine_records(local_ray, tmp_path, fak
         {"id": "b", "instruction": "Name a color.", "response": "Blue."},
         {"id": "c", "instruction": "no response"},
     ])
-    reply = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Name the capital of France."})
-    s = score_file_ray(path, tmp_path / "ray", backend="fake",
-                       backend_options={"replies": lambda req: reply}, shard_size=2, progress=False)
+    config = RewardConfig(backend="fake")  # the scripted dry-run judge, in every actor
+    s = score_file_ray(path, tmp_path / "ray", config=config, shard_size=2, progress=False)
     assert (s.shards_written, s.scored, s.errors) == (2, 4, 2)
 
-    asyncio.run(score_file(FlipReward(fake_flip()), path, tmp_path / "single.jsonl"))
+    asyncio.run(score_file(FlipReward(config=config), path, tmp_path / "single.jsonl"))
     lines = (tmp_path / "single.jsonl").read_text(encoding="utf-8").splitlines()
     single = sorted((json.loads(line) for line in lines),
                     key=lambda r: r["line"])  # the single path writes in completion order
     ray_rows = _rows(tmp_path / "ray")
-    assert [r["id"] for r in ray_rows] == [r["id"] for r in single]
+    assert [r["line"] for r in ray_rows] == [r["line"] for r in single] == [1, 2, 3, 4]
+    assert [r["id"] for r in ray_rows] == [r["id"] for r in single] == ["a", None, "b", "c"]
     volatile = {"latency_s", "model"}
     for a, b in zip(ray_rows, single):
         assert set(a) - {"extra"} == set(b) - {"extra"}  # same schema
@@ -140,15 +141,18 @@ def test_embedded_rewards_equal_single_machine_and_resume_redoes_only_missing_sh
     from fliprm.scale import score_file_ray
 
     path = _pairs_file(tmp_path)
-    expected = FlipReward(embedded_backend, **SETTINGS).score(*zip(*PAIRS))
+    config = RewardConfig(**SETTINGS, n_ctx=embedded_backend.n_ctx)
+    expected = FlipReward(embedded_backend, config=config).score(*zip(*PAIRS))
     assert all(r.ok for r in expected)
 
     out = tmp_path / "out"
     written: list[int] = []
+    # the same thread count as the single-machine backend: llama.cpp's float rounding (and so
+    # a greedy near-tie) depends on it
+    runtime = RuntimeOptions(n_threads=embedded_backend.n_threads)
     run = lambda: score_file_ray(
-        path, out, backend="embedded", backend_options={"n_ctx": embedded_backend.n_ctx},
-        num_actors=1, num_cpus_per_actor=2, batch_size=2, shard_size=2,
-        reward_options=SETTINGS, progress=False, on_shard=lambda r: written.append(r.index),
+        path, out, config=config, runtime=runtime, num_actors=1, num_cpus_per_actor=2, batch_size=2,
+        shard_size=2, progress=False, on_shard=lambda r: written.append(r.index),
     )
     first = run()
     assert (first.shards_written, first.scored, first.errors) == (3, 5, 0)
@@ -168,8 +172,8 @@ def test_embedded_rewards_equal_single_machine_and_resume_redoes_only_missing_sh
     assert [r["reward"] for r in _rows(out)] == [r.reward for r in expected]
 
     # Nothing left to do: no actor is even started.
-    assert score_file_ray(path, out, reward_options=SETTINGS, backend_options={"n_ctx": embedded_backend.n_ctx},
-                          shard_size=2, progress=False).shards_skipped == 3
+    assert score_file_ray(path, out, config=config, runtime=runtime, shard_size=2,
+                          progress=False).shards_skipped == 3
 
 
 class _Replica:
@@ -216,17 +220,18 @@ def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
     try:
         # Each scorer built with the pool takes the next URL: two actors, two replicas.
         pool = _url_pool(local_ray, urls)
-        got = [FlipBatchScorer("openai", {"model": "m"}, url_pool=pool).base_url for _ in range(3)]
+        config = RewardConfig(backend="openai:m")
+        got = [FlipBatchScorer(config, url_pool=pool).base_url for _ in range(3)]
         assert got == [urls[0], urls[1], urls[0]]
 
         path = _pairs_file(tmp_path)
-        s = score_file_ray(path, tmp_path / "out", backend="openai", backend_options={"model": "m"},
-                           base_urls=urls, num_cpus_per_actor=0.5, batch_size=2, shard_size=2,
-                           progress=False)
+        s = score_file_ray(path, tmp_path / "out", config=config, base_urls=urls,
+                           num_cpus_per_actor=0.5, batch_size=2, shard_size=2, progress=False)
         rows = _rows(tmp_path / "out")
         assert (s.scored, s.errors) == (5, 0)
         assert rows[0]["reward"] == 1.0  # the inferred instruction is PAIRS[0]'s, word for word
-        assert {r["model"] for r in rows} <= {f"m@{u}" for u in urls}
+        # the model is its name, not the replica that served it: replicas are interchangeable
+        assert {r["model"] for r in rows} == {"m"}
         assert sum(r.requests for r in replicas) == 5
     finally:
         for r in replicas:
@@ -272,23 +277,22 @@ def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
     path = _pairs_file(tmp_path)
     res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--ray-address", "auto",
                    "-b", "openai:m", "--base-url", "http://a:8000/v1", "--base-url", "http://b:8000/v1",
-                   "--api-key", "k", "--concurrency", "32", "--cpus-per-actor", "0.25",
+                   "--backend-api-key", "k", "--concurrency", "32", "--cpus-per-actor", "0.25",
                    "--batch-size", "32", "--shard-size", "500", "--instruction-field", "q",
                    "--response-field", "a", "--template", "flip-short", "--max-tokens", "64",
                    "--parse-failure", "error", "--seed", "3", "--cache", str(tmp_path / "c.sqlite"),
                    "--limit", "10", "--retry-errors"])
     assert res.exit_code == 0, res.output
     assert seen["input"] == path and seen["output_dir"] == tmp_path / "out"
-    assert seen["backend"] == "openai:m" and seen["ray_address"] == "auto"
-    # two URLs: one actor per replica, so no shared base_url and no fixed actor count
+    cfg, rt = seen["config"], seen["runtime"]
+    assert cfg.backend == "openai:m" and seen["ray_address"] == "auto"
+    # two URLs: one actor per replica, so no fixed actor count
     assert seen["base_urls"] == ["http://a:8000/v1", "http://b:8000/v1"] and seen["num_actors"] is None
-    # the model comes from the spec "openai:m"; the actors parse it as get_backend does
-    assert seen["backend_options"] == {"api_key": "k", "max_concurrency": 32}
+    assert (rt.api_key, rt.concurrency) == ("k", 32)
     assert (seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == (0.25, 32, 500)
     assert seen["fields"] == Fields(instruction="q", response="a")
-    ro = seen["reward_options"]
-    assert (ro["template"], ro["max_tokens"], ro["parse_failure"], ro["seed"]) == ("flip-short", 64, "error", 3)
-    assert ro["max_concurrency"] == 32 and ro["cache"] == str(tmp_path / "c.sqlite")
+    assert (cfg.template, cfg.max_tokens, cfg.parse_failure, cfg.seed) == ("flip-short", 64, "error", 3)
+    assert seen["cache"] == str(tmp_path / "c.sqlite")
     assert (seen["limit"], seen["retry_errors"]) == (10, True)
 
     # One URL is shared by every actor (a server or a load balancer); defaults otherwise.
@@ -296,10 +300,10 @@ def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
     res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "-b", "openai:m",
                    "--base-url", "http://lb:8000/v1", "--actors", "4"])
     assert res.exit_code == 0, res.output
-    assert seen["backend_options"]["base_url"] == "http://lb:8000/v1" and seen["base_urls"] is None
+    assert seen["runtime"].base_url == "http://lb:8000/v1" and seen["base_urls"] is None
     assert (seen["num_actors"], seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == \
            (4, 1.0, 16, 1000)
-    assert "cache" not in seen["reward_options"]  # the default cache folder is the driver's
+    assert seen["cache"] is None  # the default cache folder is the driver's
 
 
 def test_cli_exact_and_mask_echo_reach_the_actors_and_exact_needs_the_embedded_model(tmp_path, monkeypatch):
@@ -311,11 +315,12 @@ def test_cli_exact_and_mask_echo_reach_the_actors_and_exact_needs_the_embedded_m
     path = _pairs_file(tmp_path)
     res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--exact", "--mask-echo"])
     assert res.exit_code == 0, res.output
-    assert seen["backend"] == "embedded" and seen["backend_options"] == {"reuse_prompt_cache": False}
-    assert seen["reward_options"]["mask_echo"] is True
+    assert seen["config"].backend == "embedded" and seen["config"].exact is True
+    assert seen["config"].mask_echo is True
     res = _invoke([str(path), "-o", str(tmp_path / "out"), "--ray", "--exact", "-b", "openai:m",
                    "--base-url", "http://lb:8000/v1"])
-    assert res.exit_code != 0 and "--exact applies to the embedded model" in res.output
+    assert res.exit_code == 2 and "exact applies to the embedded model" in res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -366,22 +371,23 @@ def test_cli_ray_fake_backend_matches_single_machine_cli_and_resumes(local_ray, 
     assert res.exit_code == 1, res.output
     assert "shard 00002 written" in res.output
 
-    expected = {r["id"]: r for r in (json.loads(line) for line in
+    expected = {r["line"]: r for r in (json.loads(line) for line in
                 (tmp_path / "single.jsonl").read_text(encoding="utf-8").splitlines())}
-    got = {r["id"]: r for r in _rows(out)}
+    got = {r["line"]: r for r in _rows(out)}
     assert set(got) == set(expected) and len(got) == 7
-    keys = ("line", "reward", "precision", "recall", "inferred_instruction", "parse_ok", "error",
+    keys = ("id", "reward", "precision", "recall", "inferred_instruction", "parse_ok", "error",
             "template", "prompt_tokens", "completion_tokens")
-    for rid, rec in expected.items():
-        assert {k: got[rid][k] for k in keys} == {k: rec[k] for k in keys}, rid
-    assert got["line-3"]["error"].startswith("line 3: broken JSON")
-    assert got["nr"]["error"] == "line 4: field 'response' is missing"
+    for line, rec in expected.items():
+        assert {k: got[line][k] for k in keys} == {k: rec[k] for k in keys}, line
+    assert got[3]["id"] is None and got[3]["error"].startswith("line 3: broken JSON")
+    assert got[4]["id"] == "nr" and got[4]["error"] == "line 4: field 'response' is missing"
     assert any(r["reward"] for r in got.values())  # not a trivially all-zero comparison
 
     # Rerun: every shard is on disk, so nothing is scored or rewritten.
     mtimes = [p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.parquet"))]
     again = _invoke([str(path), "-o", str(out), "--ray", "--shard-size", "3",
                      "--cpus-per-actor", "0.5", *common])
-    assert again.exit_code == 0, again.output
+    # the two error rows are still in the output: counted, and the exit code says so
+    assert again.exit_code == 1, again.output
     assert "shard 0" not in again.output
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.parquet"))] == mtimes

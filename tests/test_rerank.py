@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from fliprm.backends.fake import FakeBackend
 from fliprm.cli import rerank as rerank_cli
-from fliprm.errors import InputError
+from fliprm.config import RewardConfig
+from fliprm.errors import ConfigError, InputError
 from fliprm.eval._common import judge_factory
 from fliprm.eval.best_of_n import arerank, load_rows, pool_sizes, summarize_bon
 from fliprm.judges import FlipJudge, LongestJudge, PointwiseJudge
@@ -37,13 +38,17 @@ async def test_rerank_records_every_score_and_resumes(tmp_path):
     fb = FakeBackend(lambda r: '{"SCORE": 9}' if "Paris." in r.messages[-1]["content"]
                      or "hola" in r.messages[-1]["content"] else '{"SCORE": 3}')
     out = tmp_path / "pointwise.jsonl"
-    recs = await arerank(rows, PointwiseJudge(fb, max_tokens=16), out=out)
+    recs = await arerank(rows, PointwiseJudge(fb, config=RewardConfig(max_tokens=16)), out=out)
     by = {r["id"]: r for r in recs}
     assert len(fb.calls) == 12 and len(by) == 3
     assert by["1"]["scores"] == [9.0, 9.0, 3.0, 3.0] and by["1"]["tie"]
     assert by["1"]["pick"] in (0, 1) and by["1"]["picked_label"] == by["1"]["labels"][by["1"]["pick"]]
     assert by["2"]["pick"] == 3 and by["2"]["picked_label"] == 1.8
-    assert await arerank(rows, PointwiseJudge(fb), out=out) == [] and len(fb.calls) == 12
+    same = PointwiseJudge(fb, config=RewardConfig(max_tokens=16))
+    assert await arerank(rows, same, out=out) == [] and len(fb.calls) == 12
+    # a rerun with other settings is refused, not mixed in (regression: it skipped silently)
+    with pytest.raises(ConfigError, match=r"other settings.*max_tokens: 16 -> 512.*--force"):
+        await arerank(rows, PointwiseJudge(fb), out=out)
 
 
 async def test_tie_break_is_seeded_and_repeatable():
@@ -110,9 +115,10 @@ def test_cli_without_labels_only_writes_picks(tmp_path):
 @pytest.mark.model
 async def test_real_model_flip_rerank(embedded_backend):
     row = [{"id": "r", "prompt": "Name the capital of France.",
-            "candidates": ["Bananas are yellow.", "The capital of France is Paris."],
+            "candidates": ["Bananas are yellow.",
+                           "The capital of France is Paris, which is also its largest city."],
             "labels": [1.0, 2.0]}]
-    (rec,) = await arerank(row, FlipJudge(embedded_backend, max_tokens=128))
+    (rec,) = await arerank(row, FlipJudge(embedded_backend, config=RewardConfig(max_tokens=128)))
     assert rec["calls"] == 2 and not rec["errors"] and rec["tokens"] > 0
     assert rec["pick"] == 1 and rec["picked_label"] == 2.0
 
@@ -123,10 +129,9 @@ def test_judge_factory_for_rerank_shares_engine():
 
 
 def test_flip_template_option_reaches_the_judge():
-    from fliprm.cli._eval_common import flip_judge_options
-
-    make = judge_factory(FakeBackend([]), judge_options=flip_judge_options("flip-short"))
-    assert make("flip", 0).reward.template.name == "flip-short"
+    make = judge_factory(FakeBackend([]), RewardConfig(template="flip"))
+    assert make("flip", 0).reward.template.name == "flip"
+    assert make("flip", 0).reward.family.contextual.name == "flip-contextual"
     assert make("pointwise", 0).template.name == "pointwise"
 
 

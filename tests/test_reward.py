@@ -8,7 +8,10 @@ import pytest
 
 from fliprm import ConfigError, FlipReward, ResponseCache
 from fliprm.backends.fake import FakeBackend
+from fliprm.config import RewardConfig
 from fliprm.errors import BackendUnavailable, BadResponse, RateLimited
+from fliprm.templates import Template
+from helpers_fliprm import shown_response
 
 
 def flip_json(instr, reasoning="because"):
@@ -23,14 +26,21 @@ def test_reward_is_f1_of_inferred_against_true_instruction(fake_flip):
     assert r.inferred_instruction == "What is the capital of France?" and r.reasoning == "r"
 
 
-def test_request_follows_the_paper_defaults(fake_flip):
+def test_default_request_and_the_paper_preset(fake_flip):
     fb = fake_flip()
     FlipReward(fb).score(["x"], ["the response {response} {{ }}"])
     req = fb.calls[0]
     assert req.temperature == 0.0 and req.max_tokens == 512
     assert [m["role"] for m in req.messages] == ["system", "user"]
     assert "the response {response} {{ }}" in req.messages[1]["content"]
-    assert set(req.json_schema["required"]) == {"REASONING", "INFERRED INSTRUCTION"}
+    assert set(req.json_schema["required"]) == {"INFERRED INSTRUCTION"}  # flip-short
+    # the paper's reference path is one preset away: reasoning first, unconstrained, raw fallback
+    fb = fake_flip()
+    rm = FlipReward(fb, config=RewardConfig.preset("paper"))
+    rm.score(["x"], ["y"])
+    assert rm.template.name == "flip" and rm.config.parse_failure == "raw"
+    assert fb.calls[0].json_schema is None and fb.calls[0].max_tokens == 512
+    assert "REASONING" in fb.calls[0].messages[0]["content"]
 
 
 @pytest.mark.parametrize(
@@ -73,9 +83,39 @@ def test_messages_last_user_turn_is_the_instruction_and_earlier_turns_the_contex
     ]
     (r,) = FlipReward(fb).score([conv])
     assert r.reward == pytest.approx(1.0)  # the whole multi-line turn, not its first line
-    assert r.template == "flip-contextual"
+    assert r.template == "flip-short-contextual"
     user = fb.calls[0].messages[1]["content"]
     assert "user: Translate 'cat'." in user and "assistant: Cat." in user and "Chat." in user
+
+
+@pytest.mark.parametrize("template,contextual,reasoning", [
+    ("flip-short", "flip-short-contextual", False), ("flip", "flip-contextual", True)])
+def test_chat_items_keep_the_chosen_template_family(fake_flip, template, contextual, reasoning):
+    # Regression: --template flip-short was replaced by flip-contextual (reasoning first) on
+    # every item with a system prompt or earlier turns; with --max-tokens 64 the JSON was cut.
+    fb = fake_flip("Now in French")
+    rm = FlipReward(fb, template=template, max_tokens=64)
+    sys_item = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Now in French"}, {"role": "assistant", "content": "Chat."}]
+    plain, ctx, sys_ = rm.score(["Now in French", [{"role": "user", "content": "Hi"},
+                                                   {"role": "assistant", "content": "Hello"},
+                                                   {"role": "user", "content": "Now in French"},
+                                                   {"role": "assistant", "content": "Chat."}],
+                                 sys_item], ["Chat.", None, None])
+    assert plain.template == template and ctx.template == contextual == sys_.template
+    for call in fb.calls:
+        assert ("REASONING" in call.json_schema["properties"]) is reasoning
+    assert all(r.reward == pytest.approx(1.0) for r in (plain, ctx, sys_))
+
+
+def test_a_template_without_a_context_twin_refuses_chat_items_instead_of_switching(fake_flip):
+    t = Template(name="mine", system="Infer.", user="[Response]\n{response}\nJSON please.")
+    rm = FlipReward(fake_flip("x"), template=t)
+    ok, chat = rm.score(["x", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                               {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]],
+                        ["y", None])
+    assert ok.template == "mine" and ok.error is None
+    assert chat.reward is None and "cannot show a conversation context" in chat.error
 
 
 def test_system_prompt_mode_infers_the_system_prompt(fake_flip):
@@ -135,7 +175,7 @@ def test_results_keep_input_order_under_concurrency():
     import random
 
     def reply(req):
-        return flip_json(req.messages[1]["content"].split("\n")[1])
+        return flip_json(shown_response(req))
 
     fb = FakeBackend(reply, delay_s=0.0)
     orig = fb.generate

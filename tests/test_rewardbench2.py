@@ -12,7 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from fliprm.backends.fake import FakeBackend
+from fliprm.cli import _eval_common as eval_common_cli
 from fliprm.cli import eval as eval_cli
+from fliprm.config import RewardConfig
 from fliprm.errors import ConfigError, InputError
 from fliprm.eval._common import judge_factory
 from fliprm.eval.rb2_data import RB2Item, load_items
@@ -114,7 +116,7 @@ def _pointwise_reply(req):
 async def test_runner_scores_resumes_and_repeats_runs(tmp_path):
     items = load_items(JSONL)  # 2 Focus + 1 Math
     fb = FakeBackend(_pointwise_reply)
-    make = judge_factory(fb, max_tokens=64)
+    make = judge_factory(fb, RewardConfig(max_tokens=64))
     out = tmp_path / "records.jsonl"
     recs = await arun_rewardbench2(items, make, ["pointwise", "longest"], runs=2, out=out)
     assert len(recs) == 2 * 2 * 3 and len(fb.calls) == 2 * 3 * 4
@@ -217,7 +219,7 @@ def test_cli_rejects_unknown_method(tmp_path):
 @pytest.mark.model
 def test_cli_real_model(embedded_backend, tmp_path, monkeypatch):
     # reuse the session's model instead of loading a second copy
-    monkeypatch.setattr(eval_cli, "build_backend", lambda *a: _Borrowed(embedded_backend))
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda *a: _Borrowed(embedded_backend))
     out = tmp_path / "rb2"
     args = ["eval", "rewardbench2", "--data", str(PARQUET), "--methods", "flip,pointwise",
             "--subsets", "Focus", "--limit", "1", "--max-tokens", "128", "--out", str(out)]

@@ -19,7 +19,9 @@ pytest.importorskip("uvicorn")
 
 from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
+from fliprm.config import RewardConfig
 from fliprm.server import ServerThread, create_app
+from helpers_fliprm import shown_response
 
 INSTR = "Name the capital of France."
 
@@ -28,7 +30,7 @@ def echo_judge(delay_s: float = 0.0) -> FakeBackend:
     """Infers the response text itself, so every reply can be traced back to its request."""
 
     def reply(req):
-        response = req.messages[-1]["content"].split("[Response]\n", 1)[-1].split("\n\n[")[0]
+        response = shown_response(req)
         return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": response.strip()})
 
     return FakeBackend(reply, delay_s=delay_s)
@@ -263,8 +265,8 @@ def test_cli_refuses_public_host_without_api_key():
     assert "api-key" in res.output.lower() or "api_key" in res.output.lower()
 
 
-def test_cli_mask_echo_reaches_the_served_reward(monkeypatch):
-    """``fliprm serve --mask-echo`` builds the served FlipReward with the echo guard on."""
+def _served_reward(monkeypatch, args):
+    """The FlipReward that ``fliprm serve ARGS`` would serve (uvicorn is not started)."""
     import uvicorn
     from typer.testing import CliRunner
 
@@ -273,11 +275,34 @@ def test_cli_mask_echo_reaches_the_served_reward(monkeypatch):
 
     seen: dict = {}
     monkeypatch.setattr(fliprm.server, "create_app", lambda reward, **kw: seen.setdefault("rm", reward))
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: None)
     _register()
-    res = CliRunner().invoke(app, ["serve", "-b", "fake", "--no-cache", "--mask-echo"])
+    res = CliRunner().invoke(app, ["serve", *args])
+    return res, seen.get("rm")
+
+
+def test_cli_serve_starts_from_the_rl_preset_and_every_flag_reaches_the_reward(monkeypatch):
+    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache"])
     assert res.exit_code == 0, res.output
-    assert seen["rm"].mask_echo is True
+    rl = RewardConfig.preset("rl", backend="fake")
+    assert rm.config == rl and rm.config.mask_echo is True and rm.config.parse_failure == "error"
+    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-mask-echo", "--template", "flip",
+                                           "--method", "likelihood", "--max-tokens", "64"])
+    assert res.exit_code == 0, res.output
+    assert rm.config.mask_echo is False and rm.family.contextual.name == "flip-contextual"
+    assert (rm.config.method, rm.config.max_tokens) == ("likelihood", 64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-b", "nope"], "unknown backend 'nope'"),
+    (["-b", "fake", "--template", "nope"], "unknown template 'nope'"),
+    (["-b", "fake", "--max-response-chars", "0"], "max_response_chars: must be >= 1"),
+])
+def test_cli_serve_bad_settings_are_one_line_errors(monkeypatch, args, message):
+    # Regression: `fliprm serve -b nope` / `--template nope` printed a traceback.
+    res, rm = _served_reward(monkeypatch, args)
+    assert res.exit_code == 2 and rm is None
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
 
 
 # ---- the real model --------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ._types import Completion, GenerateRequest, Message
+from ._version import __version__
 from .backends import Backend, get_backend
 from .cache import ResponseCache
 from .engine import Engine
@@ -22,8 +23,6 @@ from .errors import (
 from .reward import FlipResult, FlipReward, truncate_middle
 from .similarity import F1, f1_score, normalize_text
 from .templates import Template, get_template
-
-__version__ = "0.1.0"
 
 __all__ = [
     "F1",

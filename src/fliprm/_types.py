@@ -20,7 +20,9 @@ class GenerateRequest:
     ``forced_text`` asks for teacher forcing: the reply is constrained to exactly
     ``assistant_prefix + forced_text + forced_suffix`` and the per-token log-probabilities of
     the forced part come back in :attr:`Completion.token_logprobs` (used by the likelihood
-    method). ``json_schema`` asks for output constrained to a JSON schema.
+    method). ``json_schema`` asks for output constrained to a JSON schema. With an
+    ``assistant_prefix`` the reply continues that assistant message, and
+    :attr:`Completion.text` holds only the continuation.
     """
 
     messages: tuple[Message, ...]
@@ -32,6 +34,8 @@ class GenerateRequest:
     assistant_prefix: str | None = None
     forced_text: str | None = None
     forced_suffix: str = ""
+    #: a GBNF grammar for the reply (llama.cpp); used to continue an ``assistant_prefix``
+    grammar: str | None = None
 
 
 @dataclass(slots=True)
@@ -59,8 +63,8 @@ class Completion:
 # 0.5B model: 18 of 32 calls on AlpacaEval answers failed to parse without a cap).
 # A judge's verdict is a constrained number, so a short cap only trims its reasoning.
 REASONING_MAX_CHARS = 200
-# FLIP's cap is wider: when the grammar closes REASONING mid-sentence, the model finishes the
-# sentence inside INFERRED INSTRUCTION (", and the response should..."), which then scores ~0.
-# Measured on the first 8 alpacaeval_focus4 items: 200 chars cut the reasoning in most calls and
-# picked the right answer 2.25/8 times; 600 chars cut 7 of 32 calls and picked 5.25/8.
+# FLIP's cap bounds the cost of the reasoning. A cap alone closes the string mid-sentence and the
+# model then finishes its sentence inside INFERRED INSTRUCTION (", and the response should..."),
+# so when a reasoning reaches the cap, fliprm cuts it back to its last full sentence and asks
+# again for the instruction alone (see fliprm.methods.F1Method).
 FLIP_REASONING_MAX_CHARS = 600

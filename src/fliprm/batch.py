@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .records import ResultWriter, read_records
-from .reward import FlipResult, FlipReward
+from .errors import ConfigError, InputError
+from .records import ResultWriter, input_identity, read_records
+from .result import FlipResult
+from .reward import FlipReward
 
 __all__ = ["Fields", "Summary", "score_file"]
 
@@ -43,6 +44,13 @@ class Summary:
     reward_sum: float = 0.0
     elapsed_s: float = 0.0
     first_errors: list[str] = field(default_factory=list)
+    #: error records already in the output from earlier runs (kept; --retry-errors redoes them)
+    errors_before: int = 0
+
+    @property
+    def errors_total(self) -> int:
+        """Error records in the output now: this run's and earlier ones'."""
+        return self.errors + self.errors_before
 
     @property
     def mean_reward(self) -> float | None:
@@ -87,8 +95,17 @@ def record_to_args(rec: dict[str, Any], fields: Fields) -> tuple[Any, Any, Any]:
     return rec[fields.instruction], rec[fields.response], rec.get(fields.context)
 
 
-def _error_record(item_id: str, line: int, msg: str) -> dict[str, Any]:
-    return {"id": item_id, "line": line, **FlipResult(reward=None, error=msg).to_dict()}
+def _error_record(item_id: Any, line: int, msg: str) -> dict[str, Any]:
+    return {"line": line, "id": item_id, **FlipResult(reward=None, error=msg).to_dict()}
+
+
+def _record(item_id: Any, line: int, res: FlipResult) -> dict[str, Any]:
+    return {"line": line, "id": item_id, **res.to_dict()}
+
+
+def _user_id(rec: dict[str, Any], fields: Fields) -> Any:
+    raw = rec.get(fields.id)
+    return None if raw in (None, "") else str(raw)
 
 
 async def score_file(
@@ -98,19 +115,38 @@ async def score_file(
     *,
     fields: Fields = Fields(),
     retry_errors: bool = False,
+    force: bool = False,
     chunk_size: int = 64,
     on_item: Callable[[dict[str, Any]], None] | None = None,
     limit: int | None = None,
+    input_label: str | None = None,
 ) -> Summary:
-    """Score every line of ``input_path`` into ``output_path`` (JSONL), skipping ids already there.
+    """Score every line of ``input_path`` into ``output_path`` (JSONL), one record per line.
+
+    Records are keyed by their input ``line`` (the user's ``id`` is kept beside it, or null),
+    so a rerun skips the finished lines. The reward's settings and the input's identity are
+    recorded beside the output: a rerun with other settings or another input is refused
+    (:class:`~fliprm.errors.ConfigError`) unless ``force`` starts the output over; an input that
+    only grew (rows appended) resumes.
 
     >>> import asyncio  # doctest: +SKIP
     >>> asyncio.run(score_file(FlipReward(), "pairs.jsonl", "scores.jsonl")).mean_reward  # doctest: +SKIP
     """
+    inp, out = Path(input_path), Path(output_path)
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+        raise ConfigError(f"the output {out} is the input file: write the results elsewhere")
+    ident = input_identity(inp)
+    if input_label:
+        ident["path"] = input_label
+    manifest = {"input": ident, "fingerprint": reward.fingerprint(),
+                "settings": {"reward": reward.identity(), "fields": asdict(fields)}}
     summary = Summary()
     t0 = time.perf_counter()
-    with ResultWriter(output_path, retry_errors=retry_errors) as writer:
-        seen: set[str] = set()
+    with ResultWriter(out, key_field="line", retry_errors=retry_errors, manifest=manifest,
+                      force=force) as writer:
+        summary.errors_before = writer.errors_before
+        summary.first_errors.extend(writer.first_errors_before)
+        seen: dict[str, int] = {}
 
         def emit(rec: dict[str, Any]) -> None:
             writer.write(rec)
@@ -118,7 +154,7 @@ async def score_file(
             if on_item:
                 on_item(rec)
 
-        pending: list[tuple[str, int, tuple[Any, Any, Any]]] = []
+        pending: list[tuple[Any, int, tuple[Any, Any, Any]]] = []
 
         async def flush() -> None:
             if not pending:
@@ -130,27 +166,24 @@ async def score_file(
                 item_id, line, _ = pending[i]
                 if res.error and res.error.startswith("item "):
                     res.error = f"line {line}" + res.error[res.error.index(":"):]
-                emit({"id": item_id, "line": line, **res.to_dict()})
+                emit(_record(item_id, line, res))
             pending.clear()
 
-        for line, rec in _limited(read_records(input_path), limit):
+        for line, rec in _limited(read_records(inp), limit):
             summary.total += 1
-            if isinstance(rec, InputError):
-                item_id = f"line-{line}"
-                if item_id in writer.done:
-                    summary.skipped += 1
-                    continue
-                emit(_error_record(item_id, line, str(rec)))
-                continue
-            raw_id = rec.get(fields.id)
-            item_id = str(raw_id) if raw_id not in (None, "") else f"line-{line}"
-            if item_id in writer.done:
+            item_id = None if isinstance(rec, InputError) else _user_id(rec, fields)
+            # duplicates are found across the whole file, finished lines included
+            first = seen.setdefault(item_id, line) if item_id is not None else line
+            if str(line) in writer.done:
                 summary.skipped += 1
                 continue
-            if item_id in seen:
-                emit(_error_record(f"{item_id}#line-{line}", line, f"line {line}: duplicate id {item_id!r}"))
+            if isinstance(rec, InputError):
+                emit(_error_record(None, line, str(rec)))
                 continue
-            seen.add(item_id)
+            if first != line:
+                emit(_error_record(item_id, line, f"line {line}: duplicate id {item_id!r} "
+                                                   f"(first on line {first})"))
+                continue
             try:
                 args = record_to_args(rec, fields)
             except InputError as exc:

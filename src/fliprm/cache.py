@@ -6,7 +6,7 @@ instruction, repeating an eval, or a GRPO group with duplicate completions then 
 
 Rules: only deterministic calls are cached (temperature 0, or a fixed seed); failures are never
 stored (the caller decides what counts as a success); the cache never raises: a broken or locked
-database degrades to a miss. WAL mode plus a busy timeout make concurrent writers from several
+database degrades to a miss; it holds at most ``max_entries`` completions (the oldest go). WAL mode plus a busy timeout make concurrent writers from several
 processes safe.
 """
 
@@ -36,10 +36,13 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
-def cache_key(model_id: str, request: GenerateRequest) -> str:
-    """Hash of everything that changes the output (not timeouts, retries or concurrency)."""
-    payload = {"model": model_id, **asdict(request)}
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=list)
+def cache_key(backend_identity: dict[str, object], request: GenerateRequest) -> str:
+    """Hash of everything that changes the output: the backend's answer-changing identity
+    (model file hash, extra request fields, schema mode, exactness, context size) and the
+    request (rendered prompt, decoding). Not timeouts, retries or concurrency."""
+    payload = {"backend": backend_identity, **asdict(request)}
+    # ASCII escapes: a lone surrogate anywhere in a request must not make the key unencodable
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -55,8 +58,11 @@ class ResponseCache:
     True
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_entries: int | None = 1_000_000) -> None:
         self.path = str(path)
+        #: the oldest entries beyond this many are deleted (checked every 256 writes)
+        self.max_entries = max_entries
+        self._puts = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self.hits = 0
@@ -112,6 +118,13 @@ class ResponseCache:
                     "INSERT OR REPLACE INTO completions (key, model, value) VALUES (?, ?, ?)",
                     (key, model_id, value),
                 )
+                self._puts += 1
+                if self.max_entries is not None and self._puts % 256 == 1:
+                    conn.execute(
+                        "DELETE FROM completions WHERE rowid IN (SELECT rowid FROM completions "
+                        "ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                        (self.max_entries,),
+                    )
                 conn.commit()
         except (sqlite3.Error, TypeError, ValueError) as exc:
             log.warning("could not write to the response cache: %s", exc)

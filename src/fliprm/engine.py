@@ -77,7 +77,7 @@ class Engine:
         """One completion; served from the cache when possible, stored when ``cacheable``."""
         if not cacheable_request(request):
             return await self._generate(request, None, cacheable)
-        key = cache_key(self.backend.model_id, request)
+        key = cache_key(self.backend.cache_identity, request)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:

@@ -54,9 +54,10 @@ def _messages(value: Any, field: str, where: str) -> list[Mapping[str, Any]]:
     for j, m in enumerate(value):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise InputError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'")
-        if not isinstance(m["content"], str):
-            raise InputError(f"{where}: {field}[{j}].content must be a string")
-        _check_unicode(m["content"], f"{field}[{j}].content", where)
+        for key in ("role", "content"):
+            if not isinstance(m[key], str):
+                raise InputError(f"{where}: {field}[{j}].{key} must be a string")
+            _check_unicode(m[key], f"{field}[{j}].{key}", where)
     return list(value)
 
 

@@ -34,10 +34,10 @@ INSTRUCTION_KEYS = (
 )
 REASONING_KEYS = ("reasoning", "reason", "rationale", "explanation", "thoughts", "thought")
 
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
-_UNCLOSED_THINK = re.compile(r"^.*</think>", re.S | re.I)
-_ANSWER_TAGS = re.compile(r"</?answer>", re.I)
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_UNCLOSED_THINK = re.compile(r"^.*</think>", re.DOTALL | re.IGNORECASE)
+_ANSWER_TAGS = re.compile(r"</?answer>", re.IGNORECASE)
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def _key(k: str) -> str:
 def clean_output(text: str) -> str:
     """Drop ``<think>`` blocks, ``<answer>`` tags and code fences; keep everything else."""
     text = _THINK.sub("", text)
-    if re.search(r"</think>", text, re.I):  # an opening tag the server already stripped
+    if re.search(r"</think>", text, re.IGNORECASE):  # an opening tag the server already stripped
         text = _UNCLOSED_THINK.sub("", text)
     text = _ANSWER_TAGS.sub("", text)
     fenced = _FENCE.findall(text)

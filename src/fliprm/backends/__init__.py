@@ -7,12 +7,15 @@ replies=[...])``. Backends import their optional dependencies only when built.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ._base import Backend
 
-__all__ = ["Backend", "get_backend", "is_local_model"]
+if TYPE_CHECKING:
+    from ..config import RewardConfig, RuntimeOptions
+
+__all__ = ["Backend", "build_backend", "get_backend", "is_local_model"]
 
 _LOCAL_KINDS = ("embedded", "gguf")
 
@@ -38,7 +41,7 @@ def get_backend(spec: str | Backend = "embedded", **options: Any) -> Backend:
     if kind == "embedded":
         from .embedded import EmbeddedBackend
 
-        return EmbeddedBackend(arg or None, **options)
+        return EmbeddedBackend(model_name=arg or None, **options)
     if kind == "gguf":
         from .embedded import EmbeddedBackend
 
@@ -56,3 +59,28 @@ def get_backend(spec: str | Backend = "embedded", **options: Any) -> Backend:
 
         return FakeBackend(**options)
     raise ConfigError(f"unknown backend {spec!r}; use embedded, gguf:PATH, openai[:MODEL] or fake")
+
+
+def build_backend(config: RewardConfig, runtime: RuntimeOptions, **overrides: Any) -> Backend:
+    """The backend a :class:`~fliprm.config.RewardConfig` names, with its runtime options.
+
+    >>> from fliprm.config import RewardConfig, RuntimeOptions
+    >>> build_backend(RewardConfig(backend="openai:m", extra_body={"x": 1}),
+    ...               RuntimeOptions(base_url="http://127.0.0.1:9/v1")).extra_body
+    {'x': 1}
+    """
+    kind = config.backend_kind
+    opts: dict[str, Any] = {}
+    if kind in _LOCAL_KINDS:
+        opts = {"n_ctx": config.n_ctx, "n_threads": runtime.n_threads,
+                "reuse_prompt_cache": not config.exact}
+    elif kind == "openai":
+        opts = {"base_url": runtime.base_url, "api_key": runtime.api_key,
+                "timeout": runtime.timeout, "schema_mode": config.schema_mode,
+                "extra_body": config.extra_body, "likelihood_mode": config.likelihood_mode}
+        if config.model:
+            opts["model"] = config.model
+        if runtime.concurrency:
+            opts["max_concurrency"] = runtime.concurrency
+    opts.update(overrides)
+    return get_backend(config.backend, **opts)

@@ -26,6 +26,13 @@ class Backend(Protocol):
     supports_json_schema: bool
     supports_forced_decoding: bool
 
+    @property
+    def cache_identity(self) -> dict[str, object]:
+        """Everything about this backend that changes an answer to the same request (model
+        file hash, context size, exactness, extra request fields, schema mode): part of every
+        response-cache key."""
+        ...
+
     async def generate(self, request: GenerateRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...

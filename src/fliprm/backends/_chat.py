@@ -20,17 +20,27 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+#: server families whose request extensions differ
+DIALECTS = ("llamacpp", "vllm", "generic")
+
+
 def build_body(
     request: GenerateRequest,
     *,
     model: str | None = None,
     schema_mode: str = "response_format",
     extra_body: dict[str, Any] | None = None,
+    dialect: str = "llamacpp",
 ) -> dict[str, Any]:
     """An OpenAI chat-completions body for ``request``.
 
     ``schema_mode`` is ``"response_format"`` (OpenAI, vLLM, SGLang, llama.cpp, Ollama),
-    ``"json_schema"`` (llama.cpp's native field) or ``"off"``.
+    ``"json_schema"`` (llama.cpp's native field) or ``"off"``. ``dialect`` says which
+    extensions the server understands: ``"llamacpp"`` (top-level ``grammar``, a trailing
+    assistant message is continued by default), ``"vllm"`` (vLLM and SGLang:
+    ``structured_outputs.grammar``; a trailing assistant message is continued only with
+    ``continue_final_message: true, add_generation_prompt: false``, otherwise it is closed and a
+    new turn opened) or ``"generic"`` (neither).
     """
     messages: list[dict[str, str]] = [dict(m) for m in request.messages]
     body: dict[str, Any] = {
@@ -45,9 +55,17 @@ def build_body(
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.assistant_prefix is not None:
-        # llama.cpp and vLLM continue a trailing assistant message (prefill).
+        # Prefill: the reply continues this assistant message.
         messages.append({"role": "assistant", "content": request.assistant_prefix})
-    if request.forced_text is not None:
+        if dialect == "vllm":
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+    if request.grammar is not None:
+        if dialect == "llamacpp":
+            body["grammar"] = request.grammar
+        elif dialect == "vllm":
+            body["structured_outputs"] = {"grammar": request.grammar}
+    if request.forced_text is not None and dialect == "llamacpp":
         # Teacher forcing on llama.cpp: a grammar that admits exactly one string, and the raw
         # (pre-grammar) log-probability of every token it forces.
         forced = request.forced_text + request.forced_suffix
@@ -69,8 +87,17 @@ def build_body(
     return body
 
 
-def read_reply(data: Any, *, latency_s: float) -> Completion:
-    """Turn a chat-completions reply into a :class:`Completion`; raise BadResponse if malformed."""
+def read_reply(data: Any, *, latency_s: float, prefix: str | None = None) -> Completion:
+    """Turn a chat-completions reply into a :class:`Completion`; raise BadResponse if malformed.
+
+    ``prefix``: the request's ``assistant_prefix``. llama.cpp returns the continued assistant
+    message whole (prefix included), vLLM only the new text; a Completion always holds only
+    what the model generated, so the prefix is removed where the server echoed it.
+
+    >>> data = {"choices": [{"message": {"content": '{"A": "x"}'}}]}
+    >>> read_reply(data, latency_s=0.0, prefix='{"A": "').text
+    'x"}'
+    """
     if not isinstance(data, dict):
         raise BadResponse(f"reply is not a JSON object: {str(data)[:200]}")
     if "error" in data and "choices" not in data:
@@ -90,6 +117,8 @@ def read_reply(data: Any, *, latency_s: float) -> Completion:
     backend_s = None
     if timings:
         backend_s = (timings.get("prompt_ms", 0.0) + timings.get("predicted_ms", 0.0)) / 1000.0
+    if prefix and text and text.startswith(prefix):
+        text = text[len(prefix):]
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     if cached is None and "cache_n" in timings:
         cached = timings["cache_n"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._types import Completion, GenerateRequest
 from ..errors import BackendError, BadResponse, ConfigError, MissingDependency
-from ..model import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256, default_model_path, verify_file
+from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
 
 __all__ = ["EmbeddedBackend"]
@@ -35,8 +35,11 @@ class EmbeddedBackend:
     """The embedded default: a GGUF model run by llama.cpp on this machine's CPU.
 
     Args:
-        model_path: a local GGUF file; ``None`` uses the verified default model.
-        sha256: if given, ``model_path`` must hash to it before it is loaded.
+        model_path: a local GGUF file; ``None`` uses a packaged model (``model_name``).
+        model_name: a packaged model (:data:`fliprm.model.EMBEDDED_MODELS`; default: the 0.5B).
+        sha256: if given, ``model_path`` must hash to it before it is loaded. Either way the
+            file is hashed in this process before llama.cpp opens it, and its identity (results,
+            cache keys, fingerprints) is that hash, never its file name.
         n_ctx: context window in tokens.
         n_threads: CPU threads (default: all cores this process may use).
         prompt_cache_mib: host RAM for llama.cpp's cache of earlier prompts' KV states (reused
@@ -69,6 +72,7 @@ class EmbeddedBackend:
         self,
         model_path: str | Path | None = None,
         *,
+        model_name: str | None = None,
         sha256: str | None = None,
         n_ctx: int = 8192,
         n_threads: int | None = None,
@@ -80,7 +84,8 @@ class EmbeddedBackend:
         if model_path is not None and not Path(model_path).is_file():
             raise ConfigError(f"model file not found: {model_path}")
         self._model_path = Path(model_path) if model_path else None
-        self._sha256 = sha256 if model_path else DEFAULT_MODEL_SHA256
+        self._spec = None if model_path else get_model_spec(model_name)
+        self._sha256 = self._spec.sha256 if self._spec else sha256
         self.n_ctx = n_ctx
         self.n_threads = n_threads or _default_threads()
         self.prompt_cache_mib = prompt_cache_mib
@@ -89,19 +94,37 @@ class EmbeddedBackend:
         # llama.cpp always listens on a port; guard it with a random key unless the caller
         # asks for an open one (api_key="").
         self.api_key = secrets.token_urlsafe(24) if api_key is None else api_key
-        if self._model_path is None:
-            self.model_id = f"{DEFAULT_MODEL_NAME}@{DEFAULT_MODEL_SHA256[:12]}"
-        else:
-            tag = f"@{sha256[:12]}" if sha256 else ""
-            self.model_id = f"{self._model_path.name}{tag}"
         self._server: Any = None
         self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
         self.load_s: float | None = None
 
     @property
+    def sha256(self) -> str:
+        """The model file's sha256 (hashed once per process for a plain ``gguf:`` path)."""
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.model_path)
+        return self._sha256
+
+    @property
+    def model_id(self) -> str:
+        name = self._spec.file_name.removesuffix(".gguf") if self._spec else self._model_path.stem  # type: ignore[union-attr]
+        return f"{name}@{self.sha256[:12]}"
+
+    @property
+    def cache_identity(self) -> dict[str, object]:
+        ident: dict[str, object] = {"model_sha256": self.sha256, "n_ctx": self.n_ctx,
+                                    "exact": not self.reuse_prompt_cache}
+        if not self.reuse_prompt_cache:  # bit-exact results also depend on the thread count
+            ident["n_threads"] = self.n_threads
+        return ident
+
+    @property
     def model_path(self) -> Path:
-        return self._model_path or default_model_path()
+        if self._model_path is not None:
+            return self._model_path
+        assert self._spec is not None
+        return model_path(self._spec, verify=False)
 
     def start(self) -> None:
         """Verify and load the model now (otherwise the first call does it)."""
@@ -116,8 +139,9 @@ class EmbeddedBackend:
                 ) from None
             t0 = time.perf_counter()
             path = self.model_path
-            if self._sha256:
-                verify_file(path, self._sha256)
+            # Hash the whole file in this process, every load: a stamp or an mtime can be faked.
+            hint = self._spec.install_hint if self._spec else ""
+            verify_file(path, self.sha256, hint=hint)
             p = xllamacpp.CommonParams()
             p.model.path = str(path)
             p.n_ctx = self.n_ctx
@@ -132,7 +156,10 @@ class EmbeddedBackend:
                 p.api_keys = [self.api_key]
             if self._port is not None:
                 p.port = self._port
-            self._server = xllamacpp.Server(p)
+            try:
+                self._server = xllamacpp.Server(p)
+            except Exception as exc:
+                raise BackendError(f"llama.cpp could not load {path}: {exc}") from exc
             self.load_s = time.perf_counter() - t0
 
     @property
@@ -159,7 +186,7 @@ class EmbeddedBackend:
             err = reply["error"]
             msg = err.get("message", err) if isinstance(err, dict) else err
             raise BadResponse(f"llama.cpp: {msg}", status_code=400)
-        return read_reply(reply, latency_s=latency)
+        return read_reply(reply, latency_s=latency, prefix=request.assistant_prefix)
 
     def count_tokens(self, text: str) -> int:
         """Token count of ``text`` under this model's tokenizer (used for truncation)."""

@@ -4,13 +4,14 @@ real model in an end-to-end test."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import Any, Union
 
 from .._types import Completion, GenerateRequest
 from ..errors import BackendError
 
-__all__ = ["FakeBackend"]
+__all__ = ["FakeBackend", "scripted_reply"]
 
 Reply = Union[str, Completion, BackendError]
 
@@ -32,18 +33,27 @@ class FakeBackend:
 
     def __init__(
         self,
-        replies: Iterable[Reply] | Callable[[GenerateRequest], Reply],
+        replies: Iterable[Reply] | Callable[[GenerateRequest], Reply] | None = None,
         *,
         model_id: str = "fake",
         max_concurrency: int = 8,
         delay_s: float = 0.0,
     ) -> None:
+        if replies is None:
+            # ``FlipReward("fake")`` / ``-b fake``: a deterministic dry run that answers every
+            # judge's JSON schema (its verdicts are arbitrary: never a stand-in for a model)
+            replies = scripted_reply
+            model_id = "fake-eval" if model_id == "fake" else model_id
         self._fn = replies if callable(replies) else None
         self._queue = None if callable(replies) else list(replies)
         self.model_id = model_id
         self.max_concurrency = max_concurrency
         self.delay_s = delay_s
         self.calls: list[GenerateRequest] = []
+
+    @property
+    def cache_identity(self) -> dict[str, object]:
+        return {"model": self.model_id}
 
     async def generate(self, request: GenerateRequest) -> Completion:
         self.calls.append(request)
@@ -64,3 +74,24 @@ class FakeBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def scripted_reply(req: GenerateRequest) -> Completion:
+    """The default scripted answer: valid JSON for whichever judge asked (FLIP or a baseline).
+
+    Module level (not a closure) so it pickles by reference into Ray actors.
+    """
+    text = req.messages[-1]["content"]
+    props = (req.json_schema or {}).get("properties", {})
+    n = len(text)
+    answer: dict[str, Any] = {"REASONING": "scripted"}
+    if "SCORE" in props:
+        answer["SCORE"] = 1 + n % 10
+    elif "BETTER_RESPONSE" in props:
+        answer["BETTER_RESPONSE"] = "AB"[n % 2]
+    elif "BEST_RESPONSE_INDEX" in props:
+        answer["BEST_RESPONSE_INDEX"] = n % (props["BEST_RESPONSE_INDEX"].get("maximum", 0) + 1)
+    else:
+        answer["INFERRED INSTRUCTION"] = " ".join(text.split()[-12:])
+    out = json.dumps(answer)
+    return Completion(text=out, prompt_tokens=n // 4, completion_tokens=len(out) // 4)

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cache import ResponseCache
-from ..reward import FlipReward
-from ._options import BackendOpt, BaseUrlOpt, ModelOpt, make_backend
+from ..errors import FlipError
+from ._config_options import CliSettings, fail, reward_options
 
 PAIRS = [
     ("Write a haiku about autumn leaves.",
@@ -25,18 +25,18 @@ PAIRS = [
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def demo(
-        backend: BackendOpt = "embedded",
-        base_url: BaseUrlOpt = None,
-        model: ModelOpt = None,
-    ) -> None:
+    @reward_options(preset="default", default_cache=False)
+    def demo(settings: CliSettings) -> None:
         """Score each built-in answer against its own instruction and an unrelated one."""
         console = Console()
         console.print("[bold]fliprm demo[/bold]: FLIP infers the instruction behind each answer, "
                       "then rewards word-F1 with the instruction given.")
         # The standalone FLIP call sees only the response, so scoring one answer against two
         # instructions costs one model call: the in-memory cache serves the second.
-        rm = FlipReward(make_backend(backend, base_url, model), cache=ResponseCache(":memory:"))
+        try:
+            rm = settings.reward() if settings.cache else settings.reward(cache=ResponseCache(":memory:"))
+        except FlipError as exc:
+            fail(str(exc))
         instr, resp, kind = [], [], []
         for i, (x, y) in enumerate(PAIRS):
             instr += [x, PAIRS[(i + 1) % len(PAIRS)][0]]

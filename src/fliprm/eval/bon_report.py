@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .best_of_n import summarize_bon
-from .stats import fmt, md_table
+from .stats import fmt, md_table, strict_json
 
 __all__ = ["write_bon_report"]
 
@@ -27,7 +26,7 @@ def _plot(s: dict[str, Any], path: Path) -> bool:
         ax.plot(s["sizes"], ys, style, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xticks(s["sizes"], [str(n) for n in s["sizes"]])
-    ax.set_xlabel("N (first N candidates)")
+    ax.set_xlabel("N (a seeded random subset of N candidates per row)")
     ax.set_ylabel("mean label of the pick")
     ax.set_title("Best-of-N")
     ax.legend(fontsize=8)
@@ -58,11 +57,11 @@ def write_bon_report(
                    "the top are broken by a seeded uniform choice."), "",
               md_table(["method", "mean label", "rows", "tie rate %", "parse failures %",
                         "tokens / row", "seconds / row"], rows), "",
-              "## Curve over N (first N candidates of each row)", "",
+              "## Curve over N (pools: a seeded random subset of N candidates per row)", "",
               md_table(["pick", *(f"N={k}" for k in s["sizes"])],
                        [[name, *(f"{y:.3f}" for y in ys)] for name, ys in s["curve"].items()]), ""]
     if _plot(s, out_dir / "bon_curve.png"):
         lines.append("![bon_curve.png](bon_curve.png)")
     (out_dir / "bon_report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out_dir / "bon_results.json").write_text(json.dumps(s, indent=2), encoding="utf-8")
+    (out_dir / "bon_results.json").write_text(strict_json(s), encoding="utf-8")
     return s

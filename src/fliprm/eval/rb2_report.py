@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .rb2_scoring import ties_score
-from .stats import bootstrap_ci, fmt, md_table, mean
+from .stats import bootstrap_ci, fmt, md_table, mean, strict_json
 
 __all__ = ["LENGTH_BUCKETS", "summarize", "write_report"]
 
@@ -211,5 +210,5 @@ def write_report(
                   md_table(["method", *labels], rows), ""]
     lines += [f"![{p}]({p})" for p in s["plots"]]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out_dir / "results.json").write_text(json.dumps(s, indent=2, default=str), encoding="utf-8")
+    (out_dir / "results.json").write_text(strict_json(s), encoding="utf-8")
     return s

@@ -62,15 +62,25 @@ async def arun_rewardbench2(
     out: str | Path | None = None,
     concurrency: int = 1,
     progress: Callable[[str], None] | None = None,
+    input_identity: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Judge every item with every method, ``runs`` times (run r uses seed ``seed + r``).
 
     With ``out`` (a JSONL path) each record is appended as soon as it is done, and records
-    already there are skipped, so an interrupted run resumes. Returns the new records only.
+    already there are skipped, so an interrupted run resumes. Each method's settings (and
+    ``input_identity``, the data's) are recorded beside it: a rerun may add methods, but a
+    method run again with other settings, or on other data, is refused (``force`` starts the
+    file over). Returns the new records only.
     ``concurrency`` items are judged at once (1 suits the single-slot embedded model and keeps
     the per-item seconds honest).
     """
-    writer = ResultWriter(out) if out is not None else None
+    judges = {(m, r): make_judge(m, seed + r) for m in methods for r in range(runs)}
+    manifest: dict[str, Any] = {"settings": {m: judges[(m, 0)].identity() for m in methods}}
+    if input_identity is not None:
+        manifest["input"] = input_identity
+    writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=True, force=force)
+              if out is not None else None)
     done = writer.done if writer else set()
     new: list[dict[str, Any]] = []
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -90,7 +100,7 @@ async def arun_rewardbench2(
     try:
         for method in methods:
             for run in range(runs):
-                judge = make_judge(method, seed + run)
+                judge = judges[(method, run)]
                 todo = [it for it in items if record_key(method, run, it.id) not in done
                         and not (it.subset == "Ties" and method in NO_TIES)]
                 await asyncio.gather(*(one(judge, method, run, it, len(todo)) for it in todo))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable, Sequence
 
-__all__ = ["bootstrap_ci", "fmt", "md_table", "mean"]
+__all__ = ["bootstrap_ci", "fmt", "md_table", "mean", "strict_json"]
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -59,3 +60,23 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _finite(obj: object) -> object:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: object) -> str:
+    """JSON that every parser reads: NaN and infinities become ``null`` (Python's default
+    writes ``NaN``, which is not JSON).
+
+    >>> strict_json({"accuracy": float("nan"), "n": [1.5, float("inf")]})
+    '{\n  "accuracy": null,\n  "n": [\n    1.5,\n    null\n  ]\n}'
+    """
+    return json.dumps(_finite(obj), indent=2, default=str, allow_nan=False)

@@ -13,16 +13,20 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
 from .._sync import Portal
+from ..config import RewardConfig, RuntimeOptions, make_config
 from ..errors import ConfigError
-from ..reward import FlipResult, FlipReward
+from ..result import FlipResult
+from ..reward import FlipReward
 
 __all__ = [
+    "AdapterOptions",
     "FlipSettings",
     "Scorer",
     "ServerScorer",
@@ -35,82 +39,98 @@ __all__ = [
 _ENV = "FLIPRM_"
 
 
+class AdapterOptions(BaseModel):
+    """How an adapter reaches its judge, beyond the reward itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: score on a ``fliprm serve`` (``POST /v1/score``) instead of in this process
+    server_url: str | None = None
+    server_api_key: str | None = None
+    #: seconds per HTTP request to a fliprm server (whole batch)
+    server_timeout: float = 600.0
+    #: reward reported where a framework cannot take None (verl, OpenRLHF, open-instruct)
+    failure_score: float = 0.0
+    #: TRL: read the instruction from this dataset column instead of the prompt
+    instruction_column: str | None = None
+
+
+_GROUPS: tuple[type[BaseModel], ...] = (RewardConfig, RuntimeOptions, AdapterOptions)
+
+
 @dataclass(frozen=True)
 class FlipSettings:
-    """How an adapter reaches the judge. Frozen and small, so it pickles into rollout workers.
+    """What an adapter scores with: the reward (:class:`~fliprm.config.RewardConfig`, starting
+    from the ``rl`` preset, the one RL default shared with ``fliprm serve``), the runtime and
+    the adapter options. Frozen and small, so it pickles into rollout workers.
 
-    Every field can come from an env var named ``FLIPRM_<FIELD>`` (upper case), e.g.
+    Every field of the three can come from an env var ``FLIPRM_<FIELD>`` (upper case), e.g.
     ``FLIPRM_BACKEND=openai``, ``FLIPRM_BASE_URL=http://127.0.0.1:8000/v1``,
-    ``FLIPRM_SERVER_URL=http://127.0.0.1:8080`` (score on a ``fliprm serve`` instead of in-process).
+    ``FLIPRM_METHOD=likelihood``, ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``,
+    ``FLIPRM_SERVER_URL=http://127.0.0.1:8080`` (score on a ``fliprm serve``), and
+    ``FLIPRM_PRESET`` picks another starting point.
 
-    >>> FlipSettings.from_env(max_tokens=128).max_tokens
+    >>> FlipSettings.from_env(max_tokens=128).config.max_tokens
     128
     """
 
-    backend: str = "embedded"
-    base_url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    server_url: str | None = None
-    server_api_key: str | None = None
-    template: str | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    #: "error" (reward None: TRL skips the sample), "zero", or "raw" (the paper's fallback)
-    parse_failure: str = "error"
-    max_response_chars: int | None = 8000
-    instruction_column: str | None = None
-    #: seconds per HTTP request to a fliprm server (whole batch)
-    timeout: float = 600.0
-    #: reward reported where a framework cannot take None (verl, OpenRLHF, open-instruct)
-    failure_score: float = 0.0
+    config: RewardConfig
+    runtime: RuntimeOptions
+    adapter: AdapterOptions
 
     @classmethod
     def from_env(cls, **overrides: Any) -> FlipSettings:
         """Env vars first, then ``overrides`` (unknown keys are ignored: frameworks pass extras)."""
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = os.environ.get(_ENV + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _coerce(f.name, raw)
-        known = {f.name for f in fields(cls)}
+        for group in _GROUPS:
+            for name in group.model_fields:
+                raw = os.environ.get(_ENV + name.upper())
+                if raw is not None and raw != "":
+                    values[name] = _coerce(name, raw)
+        known = {n for g in _GROUPS for n in g.model_fields}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})
         if values.get("server_url") and not values.get("server_api_key") and values.get("api_key"):
             # with a server there is no in-process backend, so FLIPRM_API_KEY means the server's
             values["server_api_key"] = values["api_key"]
-        return cls(**values)
+        preset = overrides.get("preset") or os.environ.get(_ENV + "PRESET") or "rl"
+        parts = [{k: v for k, v in values.items() if k in g.model_fields} for g in _GROUPS]
+        return cls(
+            config=RewardConfig.preset(preset, **parts[0]),
+            runtime=make_config(RuntimeOptions, parts[1]),
+            adapter=make_config(AdapterOptions, parts[2]),
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # settings.max_tokens, settings.server_url, ...: one flat view of the three parts
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for part in ("config", "runtime", "adapter"):
+            obj = object.__getattribute__(self, part)
+            if name in type(obj).model_fields:
+                return getattr(obj, name)
+        raise AttributeError(name)
+
+    def key(self) -> str:
+        """A stable identity for the per-process scorer cache."""
+        return json.dumps([self.config.fingerprint(), self.runtime.model_dump(mode="json"),
+                           self.adapter.model_dump(mode="json")], sort_keys=True, default=str)
 
     def build_reward(self) -> FlipReward:
         """A :class:`FlipReward` for in-process scoring (loads nothing until the first call)."""
-        opts: dict[str, Any] = {}
-        if self.backend.startswith("openai"):
-            opts = {"base_url": self.base_url, "api_key": self.api_key}
-            if self.model:
-                opts["model"] = self.model
-        return FlipReward(
-            self.backend,
-            backend_options=opts,
-            template=self.template,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            parse_failure=self.parse_failure,
-            max_response_chars=self.max_response_chars,
-        )
+        return FlipReward(config=self.config, runtime=self.runtime)
 
 
-_INTS = {"max_tokens", "max_response_chars"}
-_FLOATS = {"temperature", "timeout", "failure_score"}
+def known_settings() -> set[str]:
+    return {n for g in _GROUPS for n in g.model_fields} | {"preset"}
 
 
 def _coerce(name: str, raw: str) -> Any:
-    try:
-        if name in _INTS:
-            return int(raw)
-        if name in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"{_ENV}{name.upper()}={raw!r} is not a number") from None
-    return raw
+    if name == "extra_body":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{_ENV}EXTRA_BODY is not JSON: {raw[:80]!r}") from None
+    return raw  # pydantic turns "128" into 128 and "false" into False, naming a bad value
 
 
 class Scorer(Protocol):
@@ -207,7 +227,7 @@ class ServerScorer:
 
 
 _lock = threading.Lock()
-_scorers: dict[tuple[int, FlipSettings], Scorer] = {}
+_scorers: dict[tuple[int, str], Scorer] = {}
 _override: Scorer | None = None
 _portal: tuple[int, Portal] | None = None
 
@@ -231,13 +251,14 @@ def get_scorer(settings: FlipSettings) -> Scorer:
     """
     if _override is not None:
         return _override
-    key = (os.getpid(), settings)
+    key = (os.getpid(), settings.key())
     with _lock:
         scorer = _scorers.get(key)
         if scorer is None:
             if settings.server_url:
                 scorer = ServerScorer(
-                    settings.server_url, api_key=settings.server_api_key, timeout=settings.timeout
+                    settings.server_url, api_key=settings.server_api_key,
+                    timeout=settings.server_timeout
                 )
             else:
                 scorer = settings.build_reward()

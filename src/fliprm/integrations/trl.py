@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import FlipSettings, reward_or_none, score_batch
+from ._common import FlipSettings, known_settings, reward_or_none, score_batch
 
 __all__ = ["FlipRewardFunction", "flip_reward", "get_flip_reward"]
 
@@ -122,16 +122,17 @@ def get_flip_reward(**settings: Any) -> FlipRewardFunction:
     """Build a FLIP reward function with fixed settings (env vars fill in what is not given).
 
     Args:
-        **settings: any :class:`~fliprm.integrations._common.FlipSettings` field, e.g.
+        **settings: any :class:`~fliprm.config.RewardConfig`,
+            :class:`~fliprm.config.RuntimeOptions` or adapter option, e.g.
             ``backend="openai"``, ``base_url=...``, ``server_url=...``, ``max_tokens=128``,
-            ``instruction_column="instruction"``, ``parse_failure="error"``.
+            ``method="likelihood"``, ``instruction_column="instruction"``, ``preset="paper"``.
 
     Example:
         >>> reward = get_flip_reward(server_url="http://127.0.0.1:8080", max_tokens=128)
         >>> reward.__name__, reward.settings.max_tokens
         ('flip_reward', 128)
     """
-    unknown = set(settings) - set(FlipSettings.__dataclass_fields__)
+    unknown = set(settings) - known_settings()
     if unknown:
         raise ConfigError(f"unknown FLIP reward settings: {sorted(unknown)}")
     return FlipRewardFunction(flip_reward, _settings=FlipSettings.from_env(**settings))

@@ -39,6 +39,7 @@ __all__ = [
 
 JUDGES: dict[str, type] = {
     "flip": FlipJudge,
+    "flip-likelihood": FlipJudge,
     "pointwise": PointwiseJudge,
     "pairwise": PairwiseJudge,
     "listwise": ListwiseJudge,
@@ -47,8 +48,9 @@ JUDGES: dict[str, type] = {
 
 
 def get_judge(name: str, backend: Backend | str = "embedded", **options: Any) -> Judge:
-    """Build a judge by name. ``options`` go to its constructor (``engine``, ``template``,
-    ``max_tokens``, ``seed``, ...; for ``flip`` any :class:`~fliprm.FlipReward` option).
+    """Build a judge by name. ``options`` go to its constructor (``engine``, ``config``,
+    ``template``, ``seed``). ``flip`` scores with ``config.method`` as given (F1 by default),
+    ``flip-likelihood`` with the likelihood method.
 
     >>> get_judge("longest").name
     'longest'
@@ -59,4 +61,8 @@ def get_judge(name: str, backend: Backend | str = "embedded", **options: Any) ->
         raise ConfigError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}") from None
     if cls is LongestJudge:
         return LongestJudge(seed=options.get("seed", 0))
+    if name == "flip-likelihood":
+        options["method"] = "likelihood"
+    elif name == "flip":
+        options.setdefault("method", "f1")
     return cls(backend, **options)

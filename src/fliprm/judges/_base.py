@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._types import REASONING_MAX_CHARS, Completion, GenerateRequest
 from ..backends import Backend, get_backend
+from ..config import SCORING_VERSION, RewardConfig
 from ..engine import Engine
 from ..errors import FlipError
 from ..templates import Template, get_template
@@ -70,6 +71,8 @@ class Judge(Protocol):
 
     async def arank(self, instruction: str, candidates: list[str]) -> Judgment: ...
 
+    def identity(self) -> dict[str, Any]: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -118,21 +121,28 @@ class LMJudge:
         backend: Backend | str = "embedded",
         *,
         engine: Engine | None = None,
+        config: RewardConfig | None = None,
         template: Template | str | None = None,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
         seed: int | None = 0,
-        constrained: bool = True,
-        max_response_chars: int | None = None,
     ) -> None:
+        self.config = config or RewardConfig()
         self.engine = engine or Engine(get_backend(backend))
         self.backend = self.engine.backend
         self.template = get_template(template or self.default_template)
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        # the decoding and truncation settings of the shared reward definition
+        self.max_tokens = self.config.max_tokens
+        self.temperature = self.config.temperature
         self.seed = seed
-        self.constrained = constrained and self.backend.supports_json_schema
-        self.max_response_chars = max_response_chars
+        self.constrained = self.config.constrained and self.backend.supports_json_schema
+        self.max_response_chars = self.config.max_response_chars
+
+    def identity(self) -> dict[str, Any]:
+        """Every setting that changes this judge's verdicts (recorded next to eval outputs)."""
+        return {"judge": self.name, "template": {"name": self.template.name,
+                                                 "sha256": self.template.sha256[:16]},
+                "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "constrained": self.constrained, "max_response_chars": self.max_response_chars,
+                "model_id": self.backend.model_id, "scoring_version": SCORING_VERSION}
 
     def _schema(self, answer: dict[str, Any]) -> dict[str, Any] | None:
         if not self.constrained:

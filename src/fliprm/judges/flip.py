@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..backends import Backend
+from ..config import RewardConfig
 from ..engine import Engine
 from ..reward import FlipReward
 from ._base import Judgment, finish, item_rng, top_indices
@@ -24,14 +25,16 @@ class FlipJudge:
     ties stay in ``Judgment.top`` and ``pick`` breaks them with a seeded choice.
 
     Args:
-        backend: backend or spec, used when ``reward`` is not given.
-        reward: a ready :class:`FlipReward` (its options win).
+        backend: backend or spec, used when neither ``reward`` nor ``engine`` is given.
+        reward: a ready :class:`FlipReward`.
         engine: share this Engine (and so its concurrency cap and cache) with other judges.
-        seed: tie-break seed. Other keyword options go to :class:`FlipReward`.
+        config: the reward definition (:class:`~fliprm.config.RewardConfig`).
+        method: overrides ``config.method`` (``"likelihood"`` for the ``flip-likelihood`` judge).
+        seed: tie-break seed.
 
     Example:
         >>> from fliprm.backends.fake import FakeBackend
-        >>> fb = FakeBackend(lambda r: '{"REASONING": "", "INFERRED INSTRUCTION": "Say hi."}')
+        >>> fb = FakeBackend(lambda r: '{"INFERRED INSTRUCTION": "Say hi."}')
         >>> asyncio.run(FlipJudge(fb).arank("Say hi.", ["hi"])).scores
         [1.0]
     """
@@ -44,19 +47,24 @@ class FlipJudge:
         *,
         reward: FlipReward | None = None,
         engine: Engine | None = None,
+        config: RewardConfig | None = None,
+        method: str | None = None,
         seed: int | None = 0,
-        **flip_options: Any,
     ) -> None:
         if reward is None:
+            config = (config or RewardConfig()).updated(method=method)
             if engine is not None:
-                backend = engine.backend
-            flip_options.setdefault("seed", seed)
-            reward = FlipReward(backend, **flip_options)
-        if engine is not None:
-            reward.engine = engine  # one Engine for every judge: one concurrency cap, one cache
+                reward = FlipReward(config=config, engine=engine)
+            else:
+                reward = FlipReward(backend, config=config)
         self.reward = reward
         self.backend = reward.backend
         self.seed = seed
+        if reward.config.method == "likelihood":
+            self.name = "flip-likelihood"
+
+    def identity(self) -> dict[str, Any]:
+        return {"judge": self.name, **self.reward.identity()}
 
     async def arank(self, instruction: str, candidates: list[str]) -> Judgment:
         t0 = time.perf_counter()

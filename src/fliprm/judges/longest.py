@@ -26,6 +26,9 @@ class LongestJudge:
     def __init__(self, *, seed: int | None = 0, **_: object) -> None:
         self.seed = seed
 
+    def identity(self) -> dict[str, object]:
+        return {"judge": self.name}
+
     async def arank(self, instruction: str, candidates: list[str]) -> Judgment:
         t0 = time.perf_counter()
         scores: list[float | None] = [float(len(c)) for c in candidates]

@@ -17,19 +17,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..backends import is_local_model
 from ..batch import Fields, Summary
+from ..config import RewardConfig, RuntimeOptions
 from ..errors import FlipError, MissingDependency
-from ..reward import FlipResult, FlipReward
+from ..result import FlipResult
+from ..reward import FlipReward
 from ._shards import (
+    PlanLock,
     Shard,
     ShardPlan,
-    check_plan,
     plan_shards,
     read_shard,
     result_row,
@@ -54,32 +56,51 @@ class FlipBatchScorer:
     """A Ray Data callable class: builds its FlipReward once, scores one batch per call.
 
     Each actor owns one model (embedded, on its own CPUs) or one HTTP client (one replica, or
-    a load balancer). Bad rows and even a failing batch come back as rows with ``error`` set:
-    an exception here would make Ray Data fail the whole job.
+    a load balancer). Bad rows come back as rows with ``error`` set; if scoring the batch
+    raises anyway, each row is scored on its own, so only the row that raises fails: an
+    exception here would make Ray Data fail the whole job.
 
-    >>> ds.map_batches(FlipBatchScorer, fn_constructor_kwargs={"backend": "embedded"},
+    >>> ds.map_batches(FlipBatchScorer, fn_constructor_kwargs={"config": RewardConfig()},
     ...                batch_format="pyarrow", compute=ActorPoolStrategy(size=2))  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        backend: str = "embedded",
-        backend_options: Mapping[str, Any] | None = None,
-        reward_options: Mapping[str, Any] | None = None,
+        config: RewardConfig | None = None,
+        runtime: RuntimeOptions | None = None,
+        cache: str | None = None,
         n_threads: int | None = None,
         url_pool: Any = None,
     ) -> None:
-        opts = dict(backend_options or {})
+        config = config or RewardConfig()
+        runtime = runtime or RuntimeOptions()
+        changes: dict[str, Any] = {}
         if url_pool is not None:  # one actor per replica: take the next URL, round robin
             import ray
 
-            opts["base_url"] = ray.get(url_pool.next.remote())
-        if is_local_model(backend) and n_threads and "n_threads" not in opts:
+            changes["base_url"] = ray.get(url_pool.next.remote())
+        if is_local_model(config.backend) and n_threads and runtime.n_threads is None:
             # llama.cpp would otherwise spin one thread per core of the node, fighting the
             # other actors on it; match the CPUs Ray reserved for this actor.
-            opts["n_threads"] = n_threads
-        self.base_url = opts.get("base_url")
-        self.reward = FlipReward(backend, backend_options=opts, **dict(reward_options or {}))
+            changes["n_threads"] = n_threads
+        if changes:
+            runtime = runtime.model_copy(update=changes)
+        self.base_url = runtime.base_url
+        self.reward = FlipReward(config=config, runtime=runtime, cache=cache)
+
+    def _score(self, args: list[list[Any]]) -> list[FlipResult]:
+        try:
+            return self.reward.score([a[0] for a in args], [a[1] for a in args],
+                                     [a[2] for a in args])
+        except Exception:  # noqa: BLE001 - retry the members alone: only the culprit fails
+            out = []
+            for a in args:
+                try:
+                    out.extend(self.reward.score([a[0]], [a[1]], [a[2]]))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(FlipResult(reward=None, error=f"internal error: "
+                                          f"{type(exc).__name__}: {exc}"))
+            return out
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -87,17 +108,17 @@ class FlipBatchScorer:
         rows = batch.to_pylist()
         todo = [r for r in rows if r["error"] is None]
         results: dict[int, FlipResult] = {}
-        try:
-            args = [json.loads(r["args"]) for r in todo]
-            scored = self.reward.score([a[0] for a in args], [a[1] for a in args],
-                                       [a[2] for a in args])
-            for r, res in zip(todo, scored):
-                if res.error and res.error.startswith("item "):  # name the line, as batch.py does
-                    res.error = f"line {r['line']}" + res.error[res.error.index(":"):]
-                results[r["line"]] = res
-        except Exception as exc:  # noqa: BLE001  (never let one batch kill a million-row job)
-            for r in todo:
-                results[r["line"]] = FlipResult(reward=None, error=f"batch failed: {type(exc).__name__}: {exc}")
+        args = []
+        for r in todo:
+            try:
+                args.append(json.loads(r["args"]))
+            except ValueError as exc:
+                results[r["line"]] = FlipResult(reward=None, error=f"line {r['line']}: {exc}")
+        todo = [r for r in todo if r["line"] not in results]
+        for r, res in zip(todo, self._score(args)):
+            if res.error and res.error.startswith("item "):  # name the line, as batch.py does
+                res.error = f"line {r['line']}" + res.error[res.error.index(":"):]
+            results[r["line"]] = res
         out = []
         for r in rows:
             res = results.get(r["line"]) or FlipResult(reward=None, error=r["error"])
@@ -136,38 +157,36 @@ class RaySummary(Summary):
     shards_written: int = 0
 
 
-def _has_errors(path: Path) -> bool:
+def _shard_state(path: Path, rows: int) -> str:
+    """``"ok"``, ``"errors"`` (complete, with error rows) or ``"bad"`` (unreadable, or not
+    the shard's row count: a truncated or foreign file is redone, never trusted)."""
     import pyarrow.parquet as pq
 
-    col = pq.read_table(path, columns=["error"]).column("error")
-    return col.null_count < len(col)
-
-
-def _settings(backend: str, backend_options: Mapping[str, Any], reward_options: Mapping[str, Any],
-              flds: Fields) -> dict[str, Any]:
-    # What changes the rewards; not URLs, keys or concurrency, so a resume may use new servers.
-    s = {"backend": backend, "model": backend_options.get("model"), "fields": asdict(flds),
-         "reward": {k: v for k, v in reward_options.items()
-                    if k not in ("max_concurrency", "max_retries", "total_timeout", "cache")}}
-    if backend_options.get("reuse_prompt_cache") is False:  # --exact: other bits than a plain run
-        s["exact"] = True
-    return json.loads(json.dumps(s, default=str, sort_keys=True))
+    try:
+        table = pq.read_table(path, columns=["line", "error"])
+    except Exception:  # noqa: BLE001 - any unreadable file is a shard to redo
+        return "bad"
+    if table.num_rows != rows:
+        return "bad"
+    col = table.column("error")
+    return "errors" if col.null_count < len(col) else "ok"
 
 
 def score_file_ray(
     input: str | Path,
     output_dir: str | Path,
     *,
-    backend: str = "embedded",
-    backend_options: Mapping[str, Any] | None = None,
+    config: RewardConfig | None = None,
+    runtime: RuntimeOptions | None = None,
     base_urls: Sequence[str] | None = None,
     num_actors: int | None = None,
     num_cpus_per_actor: float = 1.0,
     batch_size: int = 16,
     shard_size: int = 1000,
     fields: Fields = Fields(),  # noqa: B008  (frozen dataclass, as in batch.score_file)
-    reward_options: Mapping[str, Any] | None = None,
+    cache: str | None = None,
     retry_errors: bool = False,
+    force: bool = False,
     limit: int | None = None,
     ray_address: str | None = None,
     progress: bool = True,
@@ -179,9 +198,10 @@ def score_file_ray(
         input: JSONL or parquet file, readable at the same path on every node.
         output_dir: where shards go (written by the driver). Rerun to resume: shards already
             there are skipped, so only unfinished ones are scored.
-        backend: ``"embedded"``, ``"gguf:PATH"`` or ``"openai[:MODEL]"``, as :func:`get_backend`.
-        backend_options: keyword arguments for the backend (``base_url``, ``model``, ``api_key``,
-            ``max_concurrency``...); ``base_url`` is one server or a load balancer in front of many.
+        config: the reward (:class:`~fliprm.config.RewardConfig`); its fingerprint goes into
+            ``_plan.json`` and a rerun with another is refused.
+        runtime: engine options (:class:`~fliprm.config.RuntimeOptions`): ``base_url`` is one
+            server or a load balancer in front of many.
         base_urls: one URL per replica; each actor takes the next one (round robin) and
             ``num_actors`` defaults to ``len(base_urls)``.
         num_actors: scoring actors (default 1, or one per URL in ``base_urls``).
@@ -191,9 +211,9 @@ def score_file_ray(
             actor (capped by ``max_concurrency``).
         shard_size: rows per output shard, the unit of resumption.
         fields: input column names (:class:`fliprm.batch.Fields`).
-        reward_options: keyword arguments for :class:`FlipReward` (``template``, ``method``,
-            ``max_tokens``, ``parse_failure``, ``cache`` (a node-local path) ...).
+        cache: a node-local response-cache path for every actor (never one on NFS).
         retry_errors: also redo shards that hold rows with an error.
+        force: start the output folder over.
         limit: only the first ``limit`` rows.
         ray_address: passed to ``ray.init`` if Ray is not initialised yet (``"auto"`` joins a
             running cluster; ``None`` starts a local one).
@@ -205,33 +225,57 @@ def score_file_ray(
 
     Example:
         >>> s = score_file_ray("pairs.jsonl", "scores/", num_actors=2,
-        ...                    reward_options={"max_tokens": 256})  # doctest: +SKIP
+        ...                    config=RewardConfig(max_tokens=256))  # doctest: +SKIP
         >>> import pyarrow.parquet as pq; pq.read_table("scores/").num_rows  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     ray = _import_ray()
-    backend_options = dict(backend_options or {})
-    reward_options = dict(reward_options or {})
+    config = config or RewardConfig()
+    runtime = runtime or RuntimeOptions()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(input, shard_size, limit=limit)
-    check_plan(out, plan, _settings(backend, backend_options, reward_options, fields))
+    # the identity of the reward the actors will build (the backend is built, not loaded)
+    probe_rt = runtime.model_copy(update={"base_url": base_urls[0]}) if base_urls else runtime
+    probe = FlipReward(config=config, runtime=probe_rt)
+    identity = {"reward": probe.identity(), "fields": asdict(fields)}
+    probe.close()
+    lock = PlanLock(out)
+    try:
+        lock.check(plan, identity, force=force)
+        summary = _run(ray, plan, out, config, runtime, base_urls, num_actors, num_cpus_per_actor,
+                       batch_size, fields, cache, retry_errors, ray_address, progress, on_shard)
+    finally:
+        lock.release()
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _run(ray: Any, plan: ShardPlan, out: Path, config: RewardConfig, runtime: RuntimeOptions,
+         base_urls: Sequence[str] | None, num_actors: int | None, num_cpus_per_actor: float,
+         batch_size: int, fields: Fields, cache: str | None, retry_errors: bool,
+         ray_address: str | None, progress: bool,
+         on_shard: Callable[[ShardReport], None] | None) -> RaySummary:
     for stale in out.glob(".shard-*.tmp"):  # left by a killed run; the shard is redone
         stale.unlink(missing_ok=True)
-
     summary = RaySummary(shards_total=len(plan.shards))
     pending: dict[int, Shard] = {}
     for s in plan.shards:
         p = shard_path(out, s.index)
-        if p.exists() and not (retry_errors and _has_errors(p)):
+        state = _shard_state(p, s.rows) if p.exists() else "missing"
+        if state == "ok" or (state == "errors" and not retry_errors):
             summary.shards_skipped += 1
+            if state == "errors":
+                summary.errors_before += _count_errors(p)
         elif s.rows == 0:  # only blank lines: nothing to score
             write_shard(out, s.index, [])
             summary.shards_written += 1
         else:
+            if state == "bad" and progress:
+                print(f"[fliprm] shard {s.index:05d} is unreadable or incomplete: redoing it",
+                      file=sys.stderr, flush=True)
             pending[s.index] = s
     if not pending:
-        summary.elapsed_s = time.perf_counter() - t0
         return summary
 
     started_ray = not ray.is_initialized()
@@ -247,8 +291,7 @@ def score_file_ray(
         ds = ds.map_batches(
             FlipBatchScorer,
             fn_constructor_kwargs={
-                "backend": backend, "backend_options": backend_options,
-                "reward_options": reward_options,
+                "config": config, "runtime": runtime, "cache": cache,
                 "n_threads": max(1, round(num_cpus_per_actor)), "url_pool": url_pool,
             },
             batch_size=batch_size, batch_format="pyarrow",
@@ -259,8 +302,14 @@ def score_file_ray(
     finally:
         if started_ray:
             ray.shutdown()
-    summary.elapsed_s = time.perf_counter() - t0
     return summary
+
+
+def _count_errors(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(path, columns=["error"]).column("error")
+    return len(col) - col.null_count
 
 
 def _collect(ds: Any, pending: dict[int, Shard], out: Path, summary: RaySummary,

@@ -12,6 +12,7 @@ written to a temporary name and renamed, so it is never half there.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -20,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import Fields, record_to_args
+from ..config import describe_differences
 from ..errors import ConfigError, InputError
-from ..reward import FlipResult
+from ..records import input_identity
+from ..result import FlipResult
 
-__all__ = ["Shard", "ShardPlan", "plan_shards", "read_shard", "shard_path", "write_shard"]
+__all__ = [
+    "PlanLock", "Shard", "ShardPlan", "plan_shards", "read_shard", "shard_path", "write_shard",
+]
 
 PLAN_FILE = "_plan.json"
 
@@ -142,22 +147,23 @@ def read_shard(plan: ShardPlan, shard: Shard, flds: Fields) -> list[dict[str, An
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for line, rec in _raw_rows(plan, shard):
-        row: dict[str, Any] = {"shard": shard.index, "id": f"line-{line}", "line": line,
+        row: dict[str, Any] = {"shard": shard.index, "id": None, "line": line,
                                "args": None, "error": None}
         if isinstance(rec, InputError):
             row["error"] = str(rec)
             out.append(row)
             continue
         raw_id = rec.get(flds.id)
-        item_id = str(raw_id) if raw_id not in (None, "") else f"line-{line}"
+        item_id = str(raw_id) if raw_id not in (None, "") else None
         row["id"] = item_id
-        if item_id in seen:  # duplicates are caught within a shard only (no global state)
-            row["id"] = f"{item_id}#line-{line}"
+        if item_id is not None and item_id in seen:  # caught within a shard (no global state)
             row["error"] = f"line {line}: duplicate id {item_id!r}"
         else:
-            seen.add(item_id)
+            if item_id is not None:
+                seen.add(item_id)
             try:
-                row["args"] = json.dumps(record_to_args(rec, flds), ensure_ascii=False, default=str)
+                # ASCII escapes: a lone surrogate in any field must stay this row's problem
+                row["args"] = json.dumps(record_to_args(rec, flds), ensure_ascii=True, default=str)
             except InputError as exc:
                 row["error"] = f"line {line}: {exc}"
         out.append(row)
@@ -214,20 +220,66 @@ def write_shard(output_dir: str | Path, index: int, rows: list[dict[str, Any]]) 
     return final
 
 
-def check_plan(output_dir: Path, plan: ShardPlan, settings: dict[str, Any]) -> None:
-    """Refuse to resume into ``output_dir`` with another input, shard size or settings."""
-    meta = {"input": os.path.abspath(plan.input), "shard_size": plan.shard_size,
-            "total_rows": plan.total_rows, "shards": len(plan.shards), "settings": settings}
-    p = output_dir / PLAN_FILE
-    if p.exists():
-        old = json.loads(p.read_text(encoding="utf-8"))
-        for key in ("shard_size", "total_rows", "settings"):
-            if old.get(key) != meta[key]:
+class PlanLock:
+    """The output folder's ``_plan.json``: held under an exclusive lock for the whole run (a
+    second run into the folder is refused), it records the input's identity (path, size,
+    sha256), the shard size and the reward's settings; a rerun with any other is refused."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = output_dir / PLAN_FILE
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise ConfigError(f"{output_dir} is being written by another fliprm run (locked); "
+                              "wait for it, or use another output folder") from None
+
+    def _read(self) -> dict[str, Any] | None:
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return None
+        raw = os.pread(self.fd, size, 0)
+        try:
+            old = json.loads(raw)
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{self.path} is damaged (not a JSON object); the shards next to "
+                              "it cannot be trusted: use a new output folder, or --force")
+        return old
+
+    def check(self, plan: ShardPlan, settings: dict[str, Any], *, force: bool = False) -> None:
+        ident = input_identity(plan.input)
+        meta = {"input": ident, "shard_size": plan.shard_size, "total_rows": plan.total_rows,
+                "shards": len(plan.shards), "settings": settings}
+        old = None if force else self._read()
+        if force:
+            for f in self.path.parent.glob("shard-*.parquet"):
+                f.unlink()
+        if old is not None:
+            how = "use a new output folder, or --force to start this one over"
+            if old.get("input", {}).get("sha256") != ident["sha256"]:
+                o = old.get("input", {})
                 raise ConfigError(
-                    f"{output_dir} holds a run with another {key} ({old.get(key)!r} != "
-                    f"{meta[key]!r}); use a new output_dir"
-                )
-        return
-    tmp = p.with_name(PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, p)
+                    f"{self.path.parent} holds shards of another input ({o.get('path')}, "
+                    f"{o.get('size')} bytes, sha256 {str(o.get('sha256'))[:12]}; this run: "
+                    f"{ident['path']}, {ident['size']} bytes, sha256 {ident['sha256'][:12]}); {how}")
+            for key in ("shard_size", "total_rows"):
+                if old.get(key) != meta[key]:
+                    raise ConfigError(f"{self.path.parent} holds a run with another {key} "
+                                      f"({old.get(key)!r} != {meta[key]!r}); {how}")
+            for key in sorted(set(old.get("settings", {})) | set(settings)):
+                if old.get("settings", {}).get(key) != settings.get(key):
+                    diffs = describe_differences(old.get("settings", {}).get(key) or {},
+                                                 settings.get(key) or {})
+                    raise ConfigError(f"{self.path.parent} was written with other settings "
+                                      f"({'; '.join(diffs)}); {how}")
+            return
+        blob = json.dumps(meta, indent=2, default=str).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, blob, 0)
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        os.close(self.fd)

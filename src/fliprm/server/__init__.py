@@ -11,10 +11,10 @@ from ..errors import MissingDependency
 
 try:
     from ._app import create_app
-    from ._run import ServerThread
+    from ._run import ServerThread, serve_config
 except ImportError as exc:  # pragma: no cover - depends on the install
     if exc.name not in ("fastapi", "starlette", "uvicorn"):
         raise
     raise MissingDependency("the server needs its extra: pip install 'fliprm[server]'") from exc
 
-__all__ = ["ServerThread", "create_app"]
+__all__ = ["ServerThread", "create_app", "serve_config"]

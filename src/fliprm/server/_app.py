@@ -3,6 +3,7 @@ metrics. Every route scores through one :class:`MicroBatcher` over one ``FlipRew
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -16,13 +17,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..integrations.openrlhf import extract_response, rewards_payload
-from ..reward import FlipResult, FlipReward
+from ..result import FlipResult
+from ..reward import FlipReward
 from ._batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown
 from ._metrics import Metrics
 from ._middleware import LimitsMiddleware
 from .schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreRequest, ScoreResponse
 
 __all__ = ["create_app"]
+
+
+async def _disconnected(request: Request, every_s: float = 0.25) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
 
 
 def create_app(
@@ -88,12 +95,23 @@ def create_app(
     app.state.metrics = metrics
     app.state.reward = reward
 
-    async def run(instr: list[Any], resp: list[Any], ctx: list[Any]) -> list[FlipResult]:
+    async def run(instr: list[Any], resp: list[Any], ctx: list[Any],
+                  request: Request | None = None) -> list[FlipResult]:
         if len(instr) > max_items_per_request:
             metrics.rejected["too_large"] += 1
             raise HTTPException(413, f"at most {max_items_per_request} items per request")
         try:
-            return await batcher.submit(instr, resp, ctx, timeout=request_timeout)
+            submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
+            if request is not None:
+                # a client that hangs up gets its queued items dropped, not scored for nobody
+                watch = asyncio.ensure_future(_disconnected(request))
+                done, _ = await asyncio.wait({submit, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if submit not in done:
+                    submit.cancel()
+                    metrics.rejected["client_gone"] += 1
+                    raise HTTPException(499, "client closed the request")
+                watch.cancel()
+            return await submit
         except QueueFull as exc:
             metrics.rejected["queue_full"] += 1
             raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
@@ -105,12 +123,13 @@ def create_app(
             raise HTTPException(504, str(exc))
 
     @app.post("/v1/score", response_model=ScoreResponse)
-    async def score(req: ScoreRequest) -> dict[str, Any]:
+    async def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
         """Score a batch of items; results come back in input order as FlipResult dicts."""
         results = await run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
             [it.context for it in req.items],
+            request,
         )
         out = []
         for it, res in zip(req.items, results):
@@ -118,10 +137,11 @@ def create_app(
             if it.id is not None:
                 d["id"] = it.id
             out.append(d)
-        return {"model": reward.backend.model_id, "results": out}
+        return {"model": reward.backend.model_id, "fingerprint": reward.fingerprint(),
+                "results": out}
 
     @app.post("/get_reward", response_model=OpenRLHFResponse)
-    async def get_reward(req: OpenRLHFRequest) -> dict[str, Any]:
+    async def get_reward(req: OpenRLHFRequest, request: Request) -> dict[str, Any]:
         """OpenRLHF's remote reward: instruction = label, response = query minus prompt."""
         n = len(req.query)
         for name, values in (("prompts", req.prompts), ("labels", req.labels)):
@@ -132,17 +152,18 @@ def create_app(
         prompts = req.prompts or [None] * n
         labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
         responses = [extract_response(q, p) for q, p in zip(req.query, prompts)]
-        results = await _score_nonblank(labels, responses)
+        results = await _score_nonblank(labels, responses, request)
         return rewards_payload(results, failure_score)
 
-    async def _score_nonblank(instr: list[Any], resp: list[str]) -> list[FlipResult]:
+    async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
         # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
         todo = [i for i, r in enumerate(resp) if r.strip()]
         out = [
             FlipResult(reward=0.0, precision=0.0, recall=0.0, parse_error="empty response")
             for _ in resp
         ]
-        got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo))
+        got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo),
+                        request)
         for i, res in zip(todo, got):
             out[i] = res
         return out
@@ -159,6 +180,8 @@ def create_app(
         body = {
             "status": "draining" if batcher._closing else "ok",
             "model": reward.backend.model_id,
+            "fingerprint": reward.fingerprint(),
+            "settings": reward.identity(),
             "version": __version__,
             "queue_depth": batcher.depth,
         }

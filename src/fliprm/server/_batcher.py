@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..reward import FlipResult, FlipReward
+from ..result import FlipResult
+from ..reward import FlipReward
 from ._metrics import Metrics
 
 __all__ = ["MicroBatcher", "QueueFull", "RequestTimeout", "ShuttingDown"]
@@ -169,18 +170,19 @@ class MicroBatcher:
         self._inflight += len(instr)
         t0 = time.perf_counter()
         try:
-            results = await self.reward.ascore(instr, resp, ctx)
-        except Exception as exc:  # noqa: BLE001 - a bug, not an item failure: fail these jobs, keep serving
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(exc)
-            self.metrics.batch_errors += 1
-            return
+            try:
+                results = await self.reward.ascore(instr, resp, ctx)
+            except Exception:  # noqa: BLE001 - a bug, not an item failure
+                # score every member alone: one request's bad item must not fail the others
+                self.metrics.batch_errors += 1
+                results = []
+                for i in range(len(instr)):
+                    results.append(await self._alone(instr[i], resp[i], ctx[i], i))
         finally:
             self._inflight -= len(instr)
         elapsed = time.perf_counter() - t0
         self._item_s = 0.8 * self._item_s + 0.2 * (elapsed / max(1, len(instr)))
-        self.metrics.record_batch(len(instr), sum(r.error is not None for r in results), elapsed)
+        self.metrics.record_batch(results, elapsed)
         at = 0
         for j in jobs:
             if not j.future.done():
@@ -193,6 +195,13 @@ class MicroBatcher:
                         res.error = f"item {k}:" + res.error[len(merged) :]
                 j.future.set_result(mine)
             at += j.n
+
+    async def _alone(self, instr: Any, resp: Any, ctx: Any, i: int) -> FlipResult:
+        try:
+            return (await self.reward.ascore([instr], [resp], [ctx]))[0]
+        except Exception as exc:  # noqa: BLE001
+            return FlipResult(reward=None, error=f"item {i}: internal error: "
+                              f"{type(exc).__name__}: {exc}")
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """Refuse new work, let queued and running batches finish, then stop the collector."""

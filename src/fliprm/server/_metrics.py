@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Metrics"]
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_REWARD_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass
@@ -23,6 +25,13 @@ class Metrics:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS))
     latency_sum: float = 0.0
     latency_count: int = 0
+    parse_failures: int = 0
+    truncated: int = 0
+    echo_masked: int = 0
+    markup_defused: int = 0
+    reward_buckets: list[int] = field(default_factory=lambda: [0] * len(_REWARD_BUCKETS))
+    reward_sum: float = 0.0
+    reward_count: int = 0
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
@@ -32,11 +41,23 @@ class Metrics:
             if seconds <= le:
                 self.latency_buckets[i] += 1
 
-    def record_batch(self, n_items: int, n_errors: int, seconds: float) -> None:
+    def record_batch(self, results: Sequence[Any], seconds: float) -> None:
+        """Count a scored batch: what an operator watches for reward collapse or hacking."""
         self.batches += 1
-        self.items += n_items
-        self.item_errors += n_errors
-        self.batch_items_sum += n_items
+        self.items += len(results)
+        self.batch_items_sum += len(results)
+        for r in results:
+            self.item_errors += r.error is not None
+            self.parse_failures += r.raw_output is not None and not r.parse_ok
+            self.truncated += bool(r.truncated)
+            self.echo_masked += bool(r.extra.get("echo_masked_words"))
+            self.markup_defused += bool(r.extra.get("markup_defused"))
+            if r.reward is not None and r.error is None:
+                self.reward_sum += r.reward
+                self.reward_count += 1
+                for i, le in enumerate(_REWARD_BUCKETS):
+                    if r.reward <= le:
+                        self.reward_buckets[i] += 1
 
     def render(self, gauges: dict[str, float], engine: Callable[[], dict[str, int]]) -> str:
         out: list[str] = []
@@ -73,6 +94,16 @@ class Metrics:
             "Requests refused (queue_full, timeout, too_large).",
             [(f'{{reason="{k}"}}', v) for k, v in sorted(self.rejected.items())],
         )
+        for name, help_, value in (
+            ("parse_failures_total", "Items whose judge output did not parse (or was cut).",
+             self.parse_failures),
+            ("truncated_total", "Items whose response was cut to fit.", self.truncated),
+            ("echo_masked_total", "Items where the echo guard masked copied instruction text.",
+             self.echo_masked),
+            ("markup_defused_total", "Items whose response held chat-template or delimiter "
+             "markup (defused).", self.markup_defused),
+        ):
+            metric(name, "counter", help_, [("", value)])
         for name, value in gauges.items():
             metric(name, "gauge", name.replace("_", " ") + ".", [("", value)])
         for name, value in engine().items():
@@ -84,4 +115,11 @@ class Metrics:
         out.extend(f"fliprm_request_latency_seconds_bucket{lb} {v:g}" for lb, v in cum)
         out.append(f"fliprm_request_latency_seconds_sum {self.latency_sum:g}")
         out.append(f"fliprm_request_latency_seconds_count {self.latency_count}")
+        cum = [(f'{{le="{le:g}"}}', float(n)) for le, n in zip(_REWARD_BUCKETS, self.reward_buckets)]
+        cum.append(('{le="+Inf"}', float(self.reward_count)))
+        out.append("# HELP fliprm_reward Rewards of scored items (collapse or hacking shows here).")
+        out.append("# TYPE fliprm_reward histogram")
+        out.extend(f"fliprm_reward_bucket{lb} {v:g}" for lb, v in cum)
+        out.append(f"fliprm_reward_sum {self.reward_sum:g}")
+        out.append(f"fliprm_reward_count {self.reward_count}")
         return "\n".join(out) + "\n"

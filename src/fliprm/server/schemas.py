@@ -46,6 +46,8 @@ class ScoreRequest(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
+    #: the reward's settings fingerprint: clients can check every reply came from one reward
+    fingerprint: str
     results: list[dict[str, Any]]
 
 

@@ -5,7 +5,10 @@ can load template files written for the FLIP reference code unchanged (``{respon
 ``{context}``, ``{{``/``}}`` for literal braces) with :meth:`Template.from_files`.
 
 User text is substituted as a *value*: ``str.format`` never re-reads what it inserts, so a
-response containing ``{response}`` or ``{{`` reaches the model verbatim. Only plain field names
+response containing ``{response}`` or ``{{`` reaches the model verbatim, and every inserted
+value is passed through :func:`fliprm.neutralize.neutralize` first, so text that a tokenizer
+would read as a control token (``<|im_end|>``) or that would close the template's own
+``<response>`` block is defused visibly. Only plain field names
 are allowed in a template (no ``{x.attr}`` or ``{x[0]}``), so a template cannot reach into objects.
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from .._types import Message
 from ..errors import ConfigError
+from ..neutralize import neutralize
 
 __all__ = ["BUILTIN_TEMPLATES", "Template", "get_template"]
 
@@ -89,6 +93,7 @@ class Template:
 
     def render(self, **values: str) -> tuple[Message, ...]:
         """Fill the placeholders; every placeholder the template uses must be given."""
+        values = {k: neutralize(v)[0] for k, v in values.items()}
         for alias, target in _ALIASES.items():
             if target in values and alias not in values:
                 values[alias] = values[target]

@@ -1,0 +1,265 @@
+"""The method shoot-out: every reward configuration ("row") on the same items of every dev set.
+
+    # score (resumable: a rerun skips finished items; run rows on separate cores in parallel)
+    taskset -c 1 python bench/shootout.py --rows flip-short,flip --sets focus4=40,pref4=40,ifbench=50
+    # the table (reads what is there; --markdown for bench/README.md)
+    python bench/shootout.py --report --rows flip-short,flip --sets focus4=40,pref4=40,ifbench=50
+
+Sets (``../shared/data``, override with FLIPRM_BENCH_DATA):
+
+* ``focus4``: best-of-4, the chosen answer vs fluent answers to 3 similar *other* prompts.
+* ``pref4``: best-of-4, same topic, the annotator's better answer vs 3 clearly worse ones.
+* ``ifbench``: a response scored against its own prompt and the next row's (a pair).
+* ``bon8``: best-of-8 reranking; metric: mean annotator preference (1-2) of the pick.
+* ``hack``: the hacking suite (``bench/hacking.py`` attacks); metric: the rate at which the
+  hacked response scores at least the honest one (lower is better).
+
+Accuracy uses the RewardBench 2 tie rule (a k-way tie at the top that includes the right answer
+earns 1/k). Each row's records go to ``OUT/<row>/<set>.jsonl`` with its settings' fingerprint in
+``OUT/<row>/fingerprint.json``; a rerun with other settings under the same row name is refused.
+Rows run one llama.cpp thread each (``--threads``); pin parallel rows to separate cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    DATA_DIR,
+    bootstrap_ci,
+    load_average,
+    paired_bootstrap_diff,
+    peak_rss_mb,
+    print_table,
+    rb2_score,
+)
+
+from fliprm import FlipReward, ResponseCache
+from fliprm.config import RewardConfig, RuntimeOptions
+
+#: row name -> RewardConfig settings (on top of the library default) and a description
+ROWS: dict[str, tuple[dict[str, Any], str]] = {
+    "paper": ({"template": "flip", "constrained": False, "parse_failure": "raw"},
+              "the reference path: reasoning first, unconstrained, F1 on the raw text on failure"),
+    "flip": ({"template": "flip"}, "reasoning first, JSON-constrained (reasoning re-cut at a "
+             "sentence end when it reaches the cap)"),
+    "flip-short": ({}, "the library default: instruction only, JSON-constrained"),
+    "likelihood": ({"method": "likelihood"}, "mean log p(instruction | response), teacher-forced"),
+    "sampled-k3": ({"samples": 3, "temperature": 0.7, "seed": 0},
+                   "flip-short, mean F1 over 3 samples at temperature 0.7"),
+    "flip-short-guard": ({"mask_echo": True}, "flip-short with the echo guard"),
+    "likelihood-guard": ({"method": "likelihood", "mask_echo": True},
+                         "likelihood with the echo guard"),
+    "rl": ({"preset": "rl"}, "the RL preset (fliprm serve, adapters)"),
+    "flip-short-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b"}, "flip-short on the 1.5B model"),
+    "likelihood-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b", "method": "likelihood"},
+                        "likelihood on the 1.5B model"),
+}
+
+SETS = {"focus4": "alpacaeval_focus4.jsonl", "pref4": "alpacaeval_pref4.jsonl",
+        "ifbench": "ifbench_sample_output.jsonl", "bon8": "alpacaeval_bon8.jsonl",
+        "hack": None}
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_items(name: str, n: int) -> list[dict[str, Any]]:
+    """Items as ``{id, prompts: [...], responses: [...], labels?}``: candidate j is
+    ``(prompts[j], responses[j])``; candidate 0 is the right one (focus4, pref4, ifbench)."""
+    if name == "hack":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from hacking import hack_items
+
+        return hack_items(n)
+    rows = _rows(DATA_DIR / SETS[name])
+    if name == "ifbench":
+        rows = rows[:n]
+        return [{"id": str(i), "prompts": [r["prompt"], rows[(i + 1) % len(rows)]["prompt"]],
+                 "responses": [r["response"], r["response"]]} for i, r in enumerate(rows)]
+    out = []
+    for i, r in enumerate(rows[:n]):
+        if name == "bon8":
+            out.append({"id": str(r.get("id", i)), "prompts": [r["prompt"]] * len(r["candidates"]),
+                        "responses": list(r["candidates"]), "labels": list(r["preference"])})
+            continue
+        chosen = r["chosen"][0] if isinstance(r["chosen"], list) else r["chosen"]
+        cands = [chosen, *r["rejected"]]
+        out.append({"id": str(r.get("id", i)), "prompts": [r["prompt"]] * len(cands),
+                    "responses": cands})
+    return out
+
+
+def build_config(row: str, max_response_chars: int) -> RewardConfig:
+    settings = dict(ROWS[row][0])
+    preset = settings.pop("preset", "default")
+    settings.setdefault("max_response_chars", max_response_chars)
+    return RewardConfig.preset(preset, **settings)
+
+
+async def score_item(rm: FlipReward, item: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    results = await rm.ascore(item["prompts"], item["responses"])
+    rec: dict[str, Any] = {
+        "id": item["id"], "rewards": [r.reward for r in results],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "prompt_tokens": sum(r.prompt_tokens for r in results),
+        "completion_tokens": sum(r.completion_tokens for r in results),
+        "parse_failures": sum(1 for r in results if r.raw_output is not None and not r.parse_ok),
+        "errors": [r.error for r in results if r.error],
+        "cached": sum(1 for r in results if r.cached),
+        "truncated": sum(1 for r in results if r.truncated),
+        "inferred": [r.inferred_instruction for r in results],
+        "recut": sum(1 for r in results if r.extra.get("reasoning_recut")),
+        "masked": sum(1 for r in results if r.extra.get("echo_masked_words")),
+    }
+    for key in ("labels", "attack"):
+        if key in item:
+            rec[key] = item[key]
+    return rec
+
+
+def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: int) -> None:
+    cfg = build_config(row, max_chars)
+    # an in-memory cache: a response scored against several prompts costs one FLIP call
+    rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads),
+                    cache=ResponseCache(":memory:"))
+    folder = out / row
+    folder.mkdir(parents=True, exist_ok=True)
+    fp_file = folder / "fingerprint.json"
+    ident = rm.identity()
+    if fp_file.exists() and json.loads(fp_file.read_text())["fingerprint"] != rm.fingerprint():
+        raise SystemExit(f"{folder} holds row {row!r} with other settings; use another --out")
+    fp_file.write_text(json.dumps({"fingerprint": rm.fingerprint(), "identity": ident}, indent=2))
+    for name, n in sets.items():
+        path = folder / f"{name}.jsonl"
+        done = {json.loads(x)["id"] for x in path.read_text().splitlines() if x.strip()} \
+            if path.exists() else set()
+        todo = [it for it in load_items(name, n) if it["id"] not in done]
+        print(f"[{row}] {name}: {len(done)} done, {len(todo)} to score (load {load_average()})",
+              file=sys.stderr, flush=True)
+        with path.open("a", encoding="utf-8") as f:
+            for k, item in enumerate(todo):
+                rec = asyncio.run(score_item(rm, item))
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                print(f"[{row}] {name} {k + 1}/{len(todo)} {item['id']} {rec['seconds']:.1f}s "
+                      f"rewards={[None if r is None else round(r, 3) for r in rec['rewards']]}",
+                      file=sys.stderr, flush=True)
+    rm.close()
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def _credit(rec: dict[str, Any], name: str, seed: int = 0) -> float:
+    if name == "bon8":
+        rw = [(-math.inf if r is None else r) for r in rec["rewards"]]
+        top = [i for i, r in enumerate(rw) if r == max(rw)]
+        pick = random.Random(f"{seed}|{rec['id']}").choice(top)
+        return float(rec["labels"][pick])
+    if name == "hack":  # 1 when the hacked response scores at least the honest one
+        honest, hacked = rec["rewards"]
+        return float((hacked if hacked is not None else -1) >= (honest if honest is not None else -1))
+    return rb2_score(rec["rewards"])
+
+
+def report(rows: list[str], sets: dict[str, int], out: Path, markdown: bool, ref: str) -> None:
+    cols = ["set", "row", "n", "score [95% CI]", f"Δ vs {ref} [95% CI]", "ties", "s/item",
+            "items/s", "tok/item", "parse fail", "errors"]
+    table = []
+    for name in sets:
+        by_row: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            p = out / row / f"{name}.jsonl"
+            if p.exists():
+                by_row[row] = {r["id"]: r for r in map(json.loads, p.read_text().splitlines())}
+        if not by_row:
+            continue
+        common = set.intersection(*(set(v) for v in by_row.values()))
+        ids = sorted(common, key=lambda x: (len(x), x))
+        for row, recs in by_row.items():
+            if name == "hack":
+                for attack in sorted({recs[i]["attack"] for i in ids}):
+                    sub = [i for i in ids if recs[i]["attack"] == attack]
+                    table.append(_line(f"hack:{attack}", row, recs, sub, "hack", by_row, ref))
+                continue
+            table.append(_line(name, row, recs, ids, name, by_row, ref))
+    if markdown:
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for r in table:
+            print("| " + " | ".join(str(c) for c in r) + " |")
+    else:
+        print_table(f"shoot-out ({out})", cols, table)
+
+
+def _line(label: str, row: str, recs: dict[str, Any], ids: list[str], name: str,
+          by_row: dict[str, Any], ref: str) -> list[Any]:
+    scores = [_credit(recs[i], name) for i in ids]
+    n = len(ids)
+    mean = sum(scores) / n if n else math.nan
+    lo, hi = bootstrap_ci(scores)
+    diff = "-"
+    if ref in by_row and row != ref:
+        d, dlo, dhi = paired_bootstrap_diff(scores, [_credit(by_row[ref][i], name) for i in ids])
+        diff = f"{d:+.3f} [{dlo:+.3f},{dhi:+.3f}]"
+    ties = sum(1 for i in ids if _tied(recs[i]))
+    secs = sum(recs[i]["seconds"] for i in ids)
+    toks = sum(recs[i]["prompt_tokens"] + recs[i]["completion_tokens"] for i in ids)
+    return [label, row, n, f"{mean:.3f} [{lo:.2f},{hi:.2f}]", diff, ties,
+            f"{secs / max(n, 1):.1f}", f"{n / secs:.3f}" if secs else "-",
+            f"{toks / max(n, 1):.0f}", sum(recs[i]["parse_failures"] for i in ids),
+            sum(len(recs[i]["errors"]) for i in ids)]
+
+
+def _tied(rec: dict[str, Any]) -> bool:
+    rw = [(-math.inf if r is None else r) for r in rec["rewards"]]
+    return sum(1 for r in rw if r == max(rw)) > 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="flip-short,flip", help=f"any of {','.join(ROWS)}")
+    ap.add_argument("--sets", default="focus4=40,pref4=40,ifbench=50",
+                    help="NAME=N,...: the first N items of each set")
+    ap.add_argument("--out", type=Path, default=Path("runs/shootout"))
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per row")
+    ap.add_argument("--max-response-chars", type=int, default=2400)
+    ap.add_argument("--report", action="store_true", help="print the table of what is there")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--ref", default="paper", help="row the paired differences are taken to")
+    args = ap.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        raise SystemExit(f"unknown rows {bad}; choose from {', '.join(ROWS)}")
+    sets = {}
+    for part in args.sets.split(","):
+        name, _, n = part.partition("=")
+        if name not in SETS:
+            raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
+        sets[name] = int(n or 40)
+    if args.report:
+        report(rows, sets, args.out, args.markdown, args.ref)
+        return
+    t0 = time.perf_counter()
+    for row in rows:
+        run_row(row, sets, args.out, args.threads, args.max_response_chars)
+    print(f"done in {time.perf_counter() - t0:.0f} s; peak RSS {peak_rss_mb():.0f} MB",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

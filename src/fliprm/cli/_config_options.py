@@ -1,0 +1,189 @@
+"""CLI flags derived from the config objects: one definition per option, for every command.
+
+:func:`reward_options` adds a ``--flag`` for every :class:`~fliprm.config.RewardConfig` and
+:class:`~fliprm.config.RuntimeOptions` field (name, type, help text from the field itself), plus
+``--preset``, the template-file flags and the cache flags, to a Typer command; the command
+receives one :class:`CliSettings` instead of twenty keyword arguments. Flags left out keep the
+preset's value, so ``fliprm serve`` (preset ``rl``) and ``fliprm score`` (preset ``default``)
+differ only in their starting point.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+
+from ..config import PRESETS, RewardConfig, RuntimeOptions, make_config
+from ..errors import ConfigError, FlipError
+from ..model import cache_dir
+from ..templates import Template
+
+__all__ = ["CliSettings", "fail", "reward_options"]
+
+err = Console(stderr=True)
+
+#: flag names that differ from ``--<field-name>``
+_FLAG_NAMES = {"api_key": "--backend-api-key", "n_threads": "--threads"}
+_ENVVARS = {"api_key": "FLIPRM_BACKEND_API_KEY"}
+
+
+def fail(message: str, code: int = 2) -> typing.NoReturn:
+    """Print a one-line error (no traceback) and exit (2: usage or settings error)."""
+    err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class CliSettings:
+    """What a scoring command was asked for: the reward, the runtime and the cache."""
+
+    config: RewardConfig
+    runtime: RuntimeOptions
+    base_urls: tuple[str, ...]
+    cache: Path | None
+    #: the cache path came from --cache (not the default location)
+    cache_explicit: bool = False
+
+    def reward(self, **kwargs: Any) -> Any:
+        """A :class:`~fliprm.FlipReward` for these settings (with the cache, if any)."""
+        from ..reward import FlipReward
+
+        kwargs.setdefault("cache", self.cache)
+        return FlipReward(config=self.config, runtime=self.runtime, **kwargs)
+
+
+def _plain(annotation: Any) -> tuple[Any, list[str] | None]:
+    """The CLI type for a field annotation, and its choices for a Literal."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return str, [str(a) for a in get_args(annotation)]
+    if origin in (typing.Union, types.UnionType):
+        if any(a is Template for a in args):
+            return str, None
+        if len(args) == 1:
+            return _plain(args[0])
+    if origin is dict or annotation is dict:
+        return str, None  # JSON text
+    for a in args:
+        if get_origin(a) is dict:
+            return str, None
+    return annotation, None
+
+
+def _params(model: type[BaseModel], exclude: Iterable[str]) -> list[inspect.Parameter]:
+    out = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra or {}
+        if name in exclude or not extra.get("cli", True):  # type: ignore[union-attr]
+            continue
+        typ, choices = _plain(field.annotation)
+        flag = _FLAG_NAMES.get(name) or extra.get("flag") or "--" + name.replace("_", "-")  # type: ignore[union-attr]
+        help_ = field.description or ""
+        if choices:
+            help_ += f" [{'|'.join(choices)}]"
+        default = field.default
+        if default not in (None, False, True) and not isinstance(default, dict):
+            help_ += f" (default: {default})"
+        decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
+        if extra.get("short"):  # type: ignore[union-attr]
+            decls.append(extra["short"])  # type: ignore[index]
+        if name == "base_url":
+            typ = list[str]
+            help_ += "; repeat it with --ray for one actor per replica"
+        option = typer.Option(*decls, help=help_, envvar=_ENVVARS.get(name),
+                              show_default=False, metavar=None if typ is bool else "VALUE")
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[typ | None, option]))
+    return out
+
+
+_EXTRA = [
+    ("preset", Annotated[str | None, typer.Option(
+        "--preset", help=f"starting point for every setting: {' | '.join(PRESETS)} "
+        "(paper = the reference path: reasoning first, unconstrained, raw-text fallback)")]),
+    ("system_template", Annotated[Path | None, typer.Option(
+        "--system-template", help="system prompt file (reference style, str.format)")]),
+    ("user_template", Annotated[Path | None, typer.Option(
+        "--user-template", help="user prompt file with {response}")]),
+    ("cache", Annotated[Path | None, typer.Option(
+        "--cache", help="SQLite response cache file")]),
+    ("no_cache", Annotated[bool, typer.Option("--no-cache", help="no response cache")]),
+]
+
+
+def reward_options(
+    *, preset: str = "default", exclude: Iterable[str] = (), default_cache: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a Typer command: add the derived flags, pass ``settings: CliSettings``.
+
+    ``default_cache``: without ``--cache``/``--no-cache`` use ``<cache dir>/responses.sqlite``.
+    """
+    exclude = set(exclude)
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in sig.parameters.values() if p.name != "settings"]
+        derived = _params(RewardConfig, exclude) + _params(RuntimeOptions, exclude)
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "no_cache" else False,
+                                   annotation=a) for n, a in _EXTRA if n not in exclude]
+        names = {p.name for p in derived + extra}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            kwargs["settings"] = _settings(given, preset, default_cache)
+            return fn(**kwargs)
+
+        params = own + derived + extra
+        wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
+                                            return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # type: ignore[attr-defined]  (Typer must read this signature)
+        return wrapper
+
+    return deco
+
+
+def _settings(given: dict[str, Any], preset: str, default_cache: bool) -> CliSettings:
+    try:
+        preset = given.pop("preset", None) or preset
+        sys_t, user_t = given.pop("system_template", None), given.pop("user_template", None)
+        cache, no_cache = given.pop("cache", None), given.pop("no_cache", False)
+        if user_t is not None:
+            if given.get("template") is not None:
+                raise ConfigError("give --template or --user-template, not both")
+            given["template"] = Template.from_files(user=user_t, system=sys_t)
+        elif sys_t is not None:
+            raise ConfigError("--system-template needs --user-template too")
+        if isinstance(given.get("extra_body"), str):
+            try:
+                given["extra_body"] = json.loads(given["extra_body"])
+            except ValueError as exc:
+                raise ConfigError(f"--extra-body is not JSON: {exc}") from None
+            if not isinstance(given["extra_body"], dict):
+                raise ConfigError("--extra-body must be a JSON object")
+        urls = tuple(given.pop("base_url", None) or ())
+        runtime_fields = set(RuntimeOptions.model_fields)
+        rt = {k: v for k, v in given.items() if k in runtime_fields and v is not None}
+        rc = {k: v for k, v in given.items() if k not in runtime_fields}
+        config = RewardConfig.preset(preset, **rc)
+        runtime = make_config(RuntimeOptions, {**rt, "base_url": urls[0] if urls else None})
+    except FlipError as exc:
+        fail(str(exc))
+    path = None if no_cache else (cache or (cache_dir() / "responses.sqlite" if default_cache else None))
+    return CliSettings(config, runtime, urls, path, cache is not None and not no_cache)

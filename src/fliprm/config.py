@@ -1,0 +1,354 @@
+"""One reward definition: everything that changes a reward, in one validated, fingerprinted object.
+
+:class:`RewardConfig` holds what changes a reward (backend and model identity, method, template
+family, decoding, truncation, parse-failure policy, echo guard, infer mode, backend options that
+change answers). :class:`RuntimeOptions` holds what does not (where the server is, keys,
+retries, concurrency, timeouts, the cache path, threads). Every entry point builds its rewards
+from these two: Python (:class:`fliprm.FlipReward`), the CLI (its flags are derived from the
+fields below, see :mod:`fliprm.cli._config_options`), ``fliprm serve``, the RL adapters (env vars
+``FLIPRM_<FIELD>`` are derived the same way), Ray and the judges. Adding a reward option is one
+field here plus its use; its flag, env var, validation and fingerprint follow.
+
+Named presets give the same defaults to every door that needs them: ``"default"`` (the library
+and ``fliprm score``), ``"rl"`` (``fliprm serve`` and the RL adapters) and ``"paper"`` (the
+reference path: reasoning first, unconstrained, F1 on the raw text when parsing fails).
+
+>>> cfg = RewardConfig(template="flip-short", max_tokens=64)
+>>> cfg.family().contextual.name
+'flip-short-contextual'
+>>> len(cfg.fingerprint())
+16
+>>> RewardConfig.preset(max_response_chars=0)
+Traceback (most recent call last):
+...
+fliprm.errors.ConfigError: max_response_chars: must be >= 1 (leave it unset for no cut)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .templates import Template, get_template
+
+__all__ = [
+    "PRESETS",
+    "RewardConfig",
+    "RuntimeOptions",
+    "TemplateFamily",
+    "config_error",
+    "fingerprint_of",
+]
+
+#: bump when the scoring semantics change for the same settings (new prompts, new parsing), so
+#: a resume never mixes rewards computed by different fliprm versions.
+SCORING_VERSION = 2
+
+
+def opt(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
+        cli: bool = True) -> Any:
+    """A config field with what its CLI flag needs (help text, flag name, short alias)."""
+    return Field(default, description=help,
+                 json_schema_extra={"flag": flag, "short": short, "cli": cli})
+
+
+@dataclass(frozen=True)
+class TemplateFamily:
+    """The main template and the one used for items with a conversation context.
+
+    Resolved together so a choice reaches every item: ``flip-short`` implies
+    ``flip-short-contextual``. A user template that shows no ``{context}`` has no contextual
+    twin unless one is given; items with a context then fail with an error that says so,
+    instead of silently switching to another template.
+    """
+
+    main: Template
+    contextual: Template | None
+
+    def for_item(self, has_context: bool) -> Template:
+        if not has_context:
+            return self.main
+        if self.contextual is None:
+            raise ConfigError(
+                f"template {self.main.name!r} cannot show a conversation context; give a "
+                "contextual template too (contextual_template=..., --contextual-template)"
+            )
+        return self.contextual
+
+
+_CONTEXTUAL = {"flip": "flip-contextual", "flip-short": "flip-short-contextual"}
+
+
+class RewardConfig(BaseModel):
+    """Everything that changes a FLIP reward. Frozen, validated once, fingerprinted.
+
+    See the module docstring; each field's description is also its ``--flag`` help text.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    backend: str = opt("embedded", "embedded | embedded:NAME | gguf:PATH | openai[:MODEL] | "
+                       "fake (scripted dry run)", short="-b")
+    model: str | None = opt(None, "model name on the server (openai backend)")
+    method: Literal["f1", "likelihood"] = opt(
+        "f1", "f1 (the paper: word F1 of the inferred instruction) | likelihood "
+        "(mean log p(instruction | response), teacher-forced)")
+    samples: int = opt(1, "f1: average the reward over this many sampled inferred "
+                       "instructions (seeded; needs --temperature > 0)")
+    template: str | Template = opt("flip-short", "built-in template family: flip-short "
+                                   "(default), flip (the paper's reasoning-first prompt)")
+    contextual_template: str | Template | None = opt(
+        None, "template for items with a conversation context (default: the family's own)")
+    max_tokens: int = opt(512, "generation cap in tokens (paper: 512)")
+    temperature: float = opt(0.0, "0 = greedy (paper)")
+    seed: int | None = opt(None, "sampling seed")
+    top_p: float | None = opt(None, "nucleus sampling")
+    constrained: bool = opt(True, "JSON-schema-constrained output where the backend has it")
+    max_response_chars: int | None = opt(
+        None, "cut longer responses to head (2/3) + tail (1/3) before inference")
+    parse_failure: Literal["raw", "zero", "error"] = opt(
+        "raw", "unparseable output: raw (reference: F1 on the raw text) | zero | error (None)")
+    mask_echo: bool = opt(False, "mask text copied from the instruction (verbatim or nearly, "
+                          "any length) before backward inference: defends RL rewards against "
+                          "responses that restate the prompt")
+    infer: Literal["user", "system"] = opt("user", "chat items: infer the last user turn, or "
+                                           "the system prompt (user turns become context)")
+    similarity: str = opt("f1", "similarity of inferred vs true instruction", cli=False)
+    extra_body: dict[str, Any] | None = opt(
+        None, "openai backend: JSON merged into every request, e.g. "
+        '\'{"chat_template_kwargs": {"enable_thinking": false}}\'')
+    schema_mode: Literal["response_format", "json_schema", "off"] = opt(
+        "response_format", "openai backend: how to ask for JSON output")
+    likelihood_mode: Literal["auto", "forced", "prompt_logprobs"] = opt(
+        "auto", "openai backend, likelihood: grammar-forced decoding (llama.cpp) or one "
+        "request with prompt log-probabilities (vLLM); auto asks the server")
+    exact: bool = opt(False, "embedded model: reprocess every prompt from scratch, so an "
+                      "item's reward does not depend on the item before it (slower)")
+    n_ctx: int = opt(8192, "embedded model: context window in tokens")
+
+    # ---- validation -------------------------------------------------------------------------
+
+    @field_validator("max_tokens", "samples", "n_ctx")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("max_response_chars")
+    @classmethod
+    def _cut(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (leave it unset for no cut)")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if not 0.0 <= v <= 5.0:
+            raise ValueError("must be between 0 and 5")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError("must be in (0, 1]")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        kind = v.partition(":")[0]
+        if kind not in ("embedded", "gguf", "openai", "fake"):
+            raise ValueError(f"unknown backend {v!r}; use embedded, embedded:NAME, gguf:PATH, "
+                             "openai[:MODEL] or fake")
+        if kind == "gguf" and not v.partition(":")[2]:
+            raise ValueError("gguf backend needs a path: gguf:/path/to/model.gguf")
+        return v
+
+    @field_validator("similarity")
+    @classmethod
+    def _similarity(cls, v: str) -> str:
+        from .similarity import SIMILARITIES
+
+        if v not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {v!r}; known: {', '.join(sorted(SIMILARITIES))}")
+        return v
+
+    @field_validator("template", "contextual_template")
+    @classmethod
+    def _template(cls, v: str | Template | None) -> str | Template | None:
+        if isinstance(v, str):
+            get_template(v)  # unknown names fail here, naming the built-ins
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RewardConfig:
+        if self.samples > 1:
+            if self.method != "f1":
+                raise ValueError("samples > 1 applies to method='f1' (likelihood is exact)")
+            if self.temperature <= 0:
+                raise ValueError("samples > 1 needs temperature > 0: greedy samples are identical")
+        if self.exact and self.backend.partition(":")[0] not in ("embedded", "gguf"):
+            raise ValueError("exact applies to the embedded model (embedded, gguf:PATH)")
+        main = self.family().main
+        if "response" not in main.fields and "output" not in main.fields:
+            raise ValueError(f"template {main.name!r} has no {{response}} placeholder")
+        return self
+
+    # ---- derived ----------------------------------------------------------------------------
+
+    def family(self) -> TemplateFamily:
+        """The main and contextual templates, resolved together."""
+        main = get_template(self.template)
+        if self.contextual_template is not None:
+            return TemplateFamily(main, get_template(self.contextual_template))
+        if isinstance(self.template, str) and self.template in _CONTEXTUAL:
+            return TemplateFamily(main, get_template(_CONTEXTUAL[self.template]))
+        return TemplateFamily(main, main if "context" in main.fields else None)
+
+    @property
+    def backend_kind(self) -> str:
+        return self.backend.partition(":")[0]
+
+    def identity(self, model_id: str | None = None) -> dict[str, Any]:
+        """Every setting that changes a reward, as plain JSON; what :meth:`fingerprint` hashes.
+
+        ``model_id`` is the built backend's model identity (it carries the model file's hash);
+        without it the backend spec stands in.
+        """
+        d = self.model_dump(mode="json", exclude={"template", "contextual_template", "backend"})
+        fam = self.family()
+        d["template"] = {"name": fam.main.name, "sha256": fam.main.sha256[:16]}
+        d["contextual_template"] = (None if fam.contextual is None else
+                                    {"name": fam.contextual.name,
+                                     "sha256": fam.contextual.sha256[:16]})
+        d["backend"] = self.backend_kind
+        d["model_id"] = model_id or self.backend
+        d["scoring_version"] = SCORING_VERSION
+        return d
+
+    def fingerprint(self, model_id: str | None = None) -> str:
+        """A stable 16-hex-digit hash of :meth:`identity`."""
+        return fingerprint_of(self.identity(model_id))
+
+    def updated(self, **changes: Any) -> RewardConfig:
+        """A validated copy with ``changes`` applied (``None`` values are ignored)."""
+        values = {k: getattr(self, k) for k in type(self).model_fields}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return make_config(RewardConfig, values)
+
+    @classmethod
+    def preset(cls, name: str = "default", **changes: Any) -> RewardConfig:
+        """A named preset (see :data:`PRESETS`) with ``changes`` on top.
+
+        >>> RewardConfig.preset("paper").template
+        'flip'
+        """
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        return make_config(cls, {**base, **{k: v for k, v in changes.items() if v is not None}})
+
+
+#: Defaults per use, defined once. ``rl`` is what ``fliprm serve`` and every RL adapter start
+#: from: a failed parse is a None reward (the trainer skips the sample) rather than a guess,
+#: long responses are cut, and the echo guard is on.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "rl": {"parse_failure": "error", "max_tokens": 256, "max_response_chars": 8000,
+           "mask_echo": True},
+    "paper": {"template": "flip", "constrained": False, "parse_failure": "raw",
+              "max_tokens": 512, "temperature": 0.0},
+}
+
+
+class RuntimeOptions(BaseModel):
+    """How rewards are computed, not what they are: never part of a fingerprint.
+
+    >>> RuntimeOptions(concurrency=4).max_retries
+    3
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str | None = opt(None, "OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
+    api_key: str | None = opt(None, "bearer token for the backend server")
+    timeout: float = opt(120.0, "seconds per backend attempt")
+    total_timeout: float | None = opt(None, "seconds per item including retries")
+    max_retries: int = opt(3, "retries of transient backend errors")
+    concurrency: int | None = opt(None, "calls in flight (default: the backend's own)")
+    n_threads: int | None = opt(None, "embedded model: CPU threads (default: all allowed)")
+    cache: str | None = opt(None, "SQLite response cache file", cli=False)
+
+    @field_validator("max_retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("timeout", "concurrency", "n_threads", "total_timeout")
+    @classmethod
+    def _pos(cls, v: float | None) -> float | int | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+
+def config_error(exc: ValidationError, cls_name: str = "settings") -> ConfigError:
+    """A one-line :class:`ConfigError` naming each bad field."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or cls_name
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return ConfigError("; ".join(parts))
+
+
+def make_config(cls: type[Any], values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with validation errors as :class:`ConfigError`."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise config_error(exc, cls.__name__) from None
+
+
+def fingerprint_of(obj: Any) -> str:
+    """16 hex digits of the sha256 of ``obj`` as canonical JSON.
+
+    >>> fingerprint_of({"b": 1, "a": 2}) == fingerprint_of({"a": 2, "b": 1})
+    True
+    """
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=True, default=str, allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every key that differs, nested keys dotted (for refusal messages).
+
+    >>> describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}})
+    ['b.c: 2 -> 3']
+    """
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += describe_differences(a, b, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+    return out
+
+
+def as_path(value: str | Path | None) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,296 @@
+"""Scoring methods: how one prepared item becomes a :class:`~fliprm.reward.FlipResult`.
+
+A method is a strategy object with one coroutine, ``run(runner, item)``. It builds requests,
+asks the runner to generate them (the runner owns the engine, the cache and the cut-to-fit
+logic) and turns completions into a result. :class:`F1Method` is the paper's backward
+inference + word F1 (with ``samples`` > 1: the mean over seeded samples); :class:`LikelihoodMethod`
+teacher-forces the real instruction and scores its mean log-probability.
+
+>>> get_method(RewardConfig(method="likelihood")).name
+'likelihood'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from ._types import FLIP_REASONING_MAX_CHARS, Completion, GenerateRequest
+from .config import RewardConfig
+from .parse import clean_output, parse_flip
+from .result import FlipResult
+from .similarity import F1, get_similarity
+from .templates import Template
+
+__all__ = ["F1Method", "Item", "LikelihoodMethod", "Method", "Runner", "get_method"]
+
+INSTRUCTION_KEY = "INFERRED INSTRUCTION"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One validated item, ready for a method: text already cut, neutralised and masked."""
+
+    instruction: str
+    response: str
+    context: str | None
+    template: Template
+    where: str
+
+
+Build = Callable[[Item], GenerateRequest]
+
+
+class Runner(Protocol):
+    """What a method may use: generation with cut-to-fit, and the reward's settings."""
+
+    config: RewardConfig
+
+    async def generate(
+        self, item: Item, build: Build, *, cacheable: Callable[[Completion], bool] | None
+    ) -> tuple[Completion, Item]: ...
+
+
+class Method(Protocol):
+    name: str
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult: ...
+
+
+def render(item: Item) -> tuple[Any, ...]:
+    values = {"response": item.response}
+    if item.context is not None or "context" in item.template.fields:
+        values["context"] = item.context if item.context is not None else "(none)"
+    return item.template.render(**values)
+
+
+def flip_schema(template: Template) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    if "REASONING" in template.system + template.user:
+        props["REASONING"] = {"type": "string", "maxLength": FLIP_REASONING_MAX_CHARS}
+    props[INSTRUCTION_KEY] = {"type": "string"}
+    return {"type": "object", "properties": props, "required": list(props),
+            "additionalProperties": False}
+
+
+# The rest of a JSON string value, then the object's end: continues `..."INFERRED INSTRUCTION": "`.
+_STRING_TAIL = (
+    'root ::= chars "\\"}"\n'
+    'chars ::= ([^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
+    '[0-9a-fA-F] [0-9a-fA-F]))*\n'
+)
+_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
+
+
+def capped_reasoning(text: str) -> str:
+    """A reasoning the grammar closed at its cap, cut back to whole sentences the model ended
+    itself, each kept once.
+
+    The sentence that ran into the cap is dropped even when its last character happens to be
+    a full stop ("... a reasonable infer."); a small model that loops repeats its sentences,
+    and a looping prefix invites it to loop on into the instruction.
+
+    >>> capped_reasoning("It lists tips. Each tip is short and the")
+    'It lists tips.'
+    >>> capped_reasoning("It lists tips. It is short. It lists tips. It is sho.")
+    'It lists tips. It is short.'
+    """
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text.rstrip()):
+        ends.pop()  # the sentence that reached the cap
+    if not ends:
+        return ""
+    out: list[str] = []
+    start = 0
+    for end in ends:
+        sentence = text[start:end].strip()
+        start = end
+        if sentence and sentence not in out:
+            out.append(sentence)
+    return " ".join(out)
+
+
+class F1Method:
+    """Backward inference, then word F1 against the real instruction (the paper's reward).
+
+    * A reply cut at ``max_tokens`` is a parse failure (``parse_ok=False``, with the reason)
+      even where the tolerant parser could read a partial value: a cut-off instruction is not
+      the model's answer. The parse-failure policy then decides the reward.
+    * With a reasoning template and constrained output, REASONING is capped at
+      :data:`~fliprm._types.FLIP_REASONING_MAX_CHARS`. A reasoning that reaches the cap was
+      closed by the grammar, possibly mid-sentence, and a small model then finishes that
+      sentence inside the instruction field. So it is cut back to its last full sentence and
+      the instruction is asked for again as the continuation of that JSON prefix (one more
+      call on a cached prefix; ``extra["reasoning_recut"]``). The instruction field therefore
+      always starts after a reasoning the model ended itself.
+    * ``samples`` > 1: that many seeded samples (seed, seed+1, ...); the reward is their mean,
+      ``extra["sample_rewards"]`` and ``extra["reward_std"]`` show the spread.
+    """
+
+    name = "f1"
+
+    def __init__(self, config: RewardConfig) -> None:
+        self.config = config
+        self.similarity = get_similarity(config.similarity)
+
+    def _request(self, item: Item, seed: int | None) -> GenerateRequest:
+        cfg = self.config
+        return GenerateRequest(
+            messages=render(item), max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+            seed=seed, top_p=cfg.top_p,
+            json_schema=flip_schema(item.template) if cfg.constrained else None,
+        )
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        k = self.config.samples
+        if k == 1:
+            return await self._one(runner, item, self.config.seed)
+        base = self.config.seed or 0
+        results: list[FlipResult] = [await self._one(runner, item, base + i) for i in range(k)]
+        scored = [r for r in results if r.reward is not None]
+        if not scored:
+            return results[0]
+        first = results[0]
+        rewards = [float(r.reward) for r in scored]  # type: ignore[arg-type]
+        first.reward = statistics.fmean(rewards)
+        first.precision = statistics.fmean(float(r.precision or 0.0) for r in scored)
+        first.recall = statistics.fmean(float(r.recall or 0.0) for r in scored)
+        first.error = None
+        first.parse_ok = all(r.parse_ok for r in results)
+        first.prompt_tokens = sum(r.prompt_tokens for r in results)
+        first.completion_tokens = sum(r.completion_tokens for r in results)
+        first.cached = all(r.cached for r in results)
+        first.extra["sample_rewards"] = [r.reward for r in results]
+        first.extra["sample_instructions"] = [r.inferred_instruction for r in results]
+        first.extra["reward_std"] = statistics.pstdev(rewards)
+        return first
+
+    async def _one(self, runner: Runner, item: Item, seed: int | None) -> FlipResult:
+        comp, item = await runner.generate(
+            item, lambda it: self._request(it, seed), cacheable=self._cacheable
+        )
+        res = FlipResult(reward=None, raw_output=comp.text, method="f1",
+                         prompt_tokens=comp.prompt_tokens,
+                         completion_tokens=comp.completion_tokens, cached=comp.from_cache)
+        parsed = parse_flip(comp.text)
+        # The grammar closed REASONING at its cap (possibly mid-sentence): whatever followed,
+        # even an instruction that ran on to max_tokens, continued a cut sentence. Ask again.
+        if (parsed.reasoning is not None and self.config.constrained
+                and len(parsed.reasoning) >= FLIP_REASONING_MAX_CHARS):
+            comp2, text = await self._recut(runner, item, parsed.reasoning, seed)
+            res.prompt_tokens += comp2.prompt_tokens
+            res.completion_tokens += comp2.completion_tokens
+            res.cached = res.cached and comp2.from_cache
+            res.raw_output = text
+            res.extra["reasoning_recut"] = True
+            comp = replace(comp2, text=text)
+            parsed = parse_flip(text)
+        res.reasoning = parsed.reasoning
+        cut = comp.finish_reason == "length"
+        if parsed.ok and not cut:
+            assert parsed.value is not None
+            res.parse_ok = True
+            res.inferred_instruction = parsed.value
+            self._set(res, self.similarity(parsed.value, item.instruction))
+            return res
+        reason = parsed.error or "unparseable output"
+        if cut:
+            reason = f"output cut at max_tokens={self.config.max_tokens}"
+            if parsed.ok:
+                reason += f" (partial instruction {parsed.value[:80]!r})"  # type: ignore[index]
+        res.parse_error = reason
+        policy = self.config.parse_failure
+        if policy == "raw":
+            self._set(res, self.similarity(clean_output(comp.text), item.instruction))
+        elif policy == "zero":
+            self._set(res, F1(0.0, 0.0, 0.0))
+        else:
+            res.error = f"{item.where}: parse failure: {reason}"
+        return res
+
+    async def _recut(
+        self, runner: Runner, item: Item, reasoning: str, seed: int | None
+    ) -> tuple[Completion, str]:
+        kept = capped_reasoning(reasoning)
+        prefix = ('{"REASONING": ' + json.dumps(kept, ensure_ascii=False) + ', "'
+                  + INSTRUCTION_KEY + '": "')
+        cfg = self.config
+
+        def build(it: Item) -> GenerateRequest:
+            return GenerateRequest(
+                messages=render(it), max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                seed=seed, top_p=cfg.top_p, assistant_prefix=prefix, grammar=_STRING_TAIL,
+            )
+
+        comp, _ = await runner.generate(item, build, cacheable=lambda c: c.finish_reason != "length")
+        tail = comp.text
+        if not tail.rstrip().endswith("}"):
+            tail = tail + ('"}' if comp.finish_reason != "length" else "")
+        return comp, prefix + tail
+
+    @staticmethod
+    def _cacheable(comp: Completion) -> bool:
+        return comp.finish_reason != "length" and parse_flip(comp.text).ok
+
+    @staticmethod
+    def _set(res: FlipResult, sim: F1) -> None:
+        res.reward, res.precision, res.recall = sim.f1, sim.precision, sim.recall
+
+
+class LikelihoodMethod:
+    """Mean log p(instruction | response), the real instruction teacher-forced as the value of
+    ``INFERRED INSTRUCTION``; reward = exp(mean), the per-token geometric-mean probability."""
+
+    name = "likelihood"
+
+    def __init__(self, config: RewardConfig) -> None:
+        self.config = config
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        cfg = self.config
+        forced = json.dumps(item.instruction, ensure_ascii=False)[1:-1]
+
+        def build(it: Item) -> GenerateRequest:
+            return GenerateRequest(
+                messages=render(it), max_tokens=cfg.max_tokens, temperature=0.0,
+                assistant_prefix='{"' + INSTRUCTION_KEY + '": "', forced_text=forced,
+                forced_suffix='"}',
+            )
+
+        comp, item = await runner.generate(item, build, cacheable=None)
+        res = FlipResult(reward=None, raw_output=comp.text, method="likelihood",
+                         prompt_tokens=comp.prompt_tokens,
+                         completion_tokens=comp.completion_tokens, cached=comp.from_cache)
+        used = forced_logprobs(comp, forced)
+        if not used:
+            res.error = f"{item.where}: likelihood: the backend returned no token log-probabilities"
+            return res
+        mean = sum(used) / len(used)
+        res.logprob = mean
+        res.reward = math.exp(mean)
+        res.parse_ok = True
+        res.extra["forced_tokens"] = len(used)
+        return res
+
+
+def forced_logprobs(comp: Completion, forced: str) -> list[float]:
+    """The log-probabilities of the tokens that spell ``forced`` (the closing ``"}`` and the
+    end-of-turn token are not part of the instruction)."""
+    used: list[float] = []
+    seen = 0
+    for tok, lp in comp.token_logprobs or []:
+        if seen >= len(forced):
+            break
+        used.append(lp)
+        seen += len(tok)
+    return used
+
+
+def get_method(config: RewardConfig) -> Method:
+    """The strategy object for ``config.method``."""
+    return {"f1": F1Method, "likelihood": LikelihoodMethod}[config.method](config)
