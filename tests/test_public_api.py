@@ -7,8 +7,14 @@ import fliprm
 def test_all_is_sorted_and_complete():
     public = {n for n in dir(fliprm) if not n.startswith("_") and n not in {"annotations"}}
     modules = {n for n in public if type(getattr(fliprm, n)).__name__ == "module"}
-    assert sorted(fliprm.__all__, key=str.lower) == sorted(set(fliprm.__all__), key=str.lower)
+    # isort order (ruff RUF022): CONSTANTS, then Classes, then functions, each alphabetical
+    def isort_key(name: str) -> tuple[int, str]:
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert fliprm.__all__ == sorted(fliprm.__all__, key=isort_key)
+    assert len(fliprm.__all__) == len(set(fliprm.__all__))
     assert public - modules <= set(fliprm.__all__)
+    assert {"RewardConfig", "RuntimeOptions"} <= set(fliprm.__all__)
 
 
 def test_core_import_is_light():

@@ -43,7 +43,14 @@ def test_missing_value_names_the_placeholder():
 @pytest.mark.parametrize("name", BUILTIN_TEMPLATES)
 def test_builtin_templates_load_and_hash(name):
     t = get_template(name)
-    assert len(t.sha256) == 64 and t.fields
+    assert "response" in t.fields or "responses" in t.fields or "response_a" in t.fields
+    # the hash covers the whole content: a one-character edit of either part changes it
+    edited_user = Template(name=name, system=t.system, user=t.user + " ")
+    edited_system = Template(name=name, system=t.system + " ", user=t.user)
+    assert len({t.sha256, edited_user.sha256, edited_system.sha256}) == 3
+    # and never collides with another built-in
+    others = {get_template(n).sha256 for n in BUILTIN_TEMPLATES if n != name}
+    assert t.sha256 not in others
 
 
 def test_unknown_template_lists_builtins():

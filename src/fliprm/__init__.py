@@ -11,6 +11,7 @@ from ._types import Completion, GenerateRequest, Message
 from ._version import __version__
 from .backends import Backend, get_backend
 from .cache import ResponseCache
+from .config import RewardConfig, RuntimeOptions
 from .engine import Engine
 from .errors import (
     BackendError,
@@ -40,6 +41,8 @@ __all__ = [
     "MissingDependency",
     "ModelIntegrityError",
     "ResponseCache",
+    "RewardConfig",
+    "RuntimeOptions",
     "Template",
     "__version__",
     "f1_score",

@@ -131,17 +131,17 @@ class EmbeddedBackend:
         with self._load_lock:
             if self._server is not None:
                 return
+            t0 = time.perf_counter()
+            path = self.model_path
+            # Hash the whole file in this process, every load: a stamp or an mtime can be faked.
+            hint = self._spec.install_hint if self._spec else ""
+            verify_file(path, self.sha256, hint=hint)
             try:
                 import xllamacpp
             except ImportError:
                 raise MissingDependency(
                     "the embedded backend needs the llama.cpp runtime: pip install 'fliprm[embedded]'"
                 ) from None
-            t0 = time.perf_counter()
-            path = self.model_path
-            # Hash the whole file in this process, every load: a stamp or an mtime can be faked.
-            hint = self._spec.install_hint if self._spec else ""
-            verify_file(path, self.sha256, hint=hint)
             p = xllamacpp.CommonParams()
             p.model.path = str(path)
             p.n_ctx = self.n_ctx
