@@ -55,6 +55,9 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
              "sentence end when it reaches the cap)"),
     "flip-short": ({}, "the library default: instruction only, JSON-constrained"),
     "likelihood": ({"method": "likelihood"}, "mean log p(instruction | response), teacher-forced"),
+    "pmi": ({"method": "pmi"}, "likelihood minus the instruction's likelihood given an empty "
+            "response (sigmoid of the per-token PMI)"),
+    "pmi-guard": ({"method": "pmi", "mask_echo": True}, "pmi with the echo guard"),
     "sampled-k3": ({"samples": 3, "temperature": 0.7, "seed": 0},
                    "flip-short, mean F1 over 3 samples at temperature 0.7"),
     "flip-short-guard": ({"mask_echo": True}, "flip-short with the echo guard"),

@@ -50,13 +50,29 @@ def test_contextual_flip_on_a_real_conversation(embedded_backend):
         assert 0.0 <= r.reward <= 1.0
 
 
-def test_likelihood_prefers_the_matching_instruction(embedded_backend):
+def test_likelihood_prefers_the_matching_response(embedded_backend):
+    # for one instruction (a GRPO group, a best-of-N pool), the matching answer is likelier
     rm = FlipReward(embedded_backend, method="likelihood")
     instr = [x for x, _ in PAIRS]
     resp = [y for _, y in PAIRS]
     own = rm.score(instr, resp)
-    other = rm.score(instr[1:] + instr[:1], resp)
+    other = rm.score(instr, resp[1:] + resp[:1])
     assert all(r.error is None and r.logprob < 0 for r in own + other)
+    assert sum(o.reward > u.reward for o, u in zip(own, other)) == len(PAIRS)
+
+
+def test_pmi_prefers_the_matching_instruction(embedded_backend):
+    # across instructions (one response, its prompt vs another prompt) the raw likelihood
+    # favours whichever instruction is easier to predict ("What is the boiling point of water
+    # at sea level?" was as likely as the true sleep question for the sleep answer, measured);
+    # the empty-response baseline of the pmi method removes that prior
+    rm = FlipReward(embedded_backend, method="pmi")
+    instr = [x for x, _ in PAIRS]
+    resp = [y for _, y in PAIRS]
+    own = rm.score(instr, resp)
+    other = rm.score(instr[1:] + instr[:1], resp)
+    assert all(r.error is None and 0 < r.reward < 1 for r in own + other)
+    assert all(r.extra["pmi"] > 0.5 for r in own)
     assert sum(o.reward > u.reward for o, u in zip(own, other)) == len(PAIRS)
 
 

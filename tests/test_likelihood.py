@@ -45,6 +45,25 @@ def test_no_logprobs_is_an_error_not_a_reward() -> None:
     assert r.reward is None and "log-probabilities" in (r.error or "")
 
 
+def test_pmi_is_the_sigmoid_of_likelihood_minus_the_empty_response_baseline() -> None:
+    from helpers_fliprm import shown_response
+
+    def reply(req):
+        lp = -3.0 if shown_response(req) == "" else -1.0
+        return _forced_reply(per_token=lp)(req)
+
+    fb = FakeBackend(reply)
+    rm = FlipReward(fb, method="pmi")
+    res = rm.score(["Say hi.", "Say hi.", "Say hi."], ["hi", "hello", "hey"])
+    rm.close()
+    for r in res:
+        assert r.error is None and r.method == "pmi" and r.logprob == pytest.approx(-1.0)
+        assert r.extra["pmi"] == pytest.approx(2.0)
+        assert r.reward == pytest.approx(1 / (1 + math.exp(-2.0)))
+    # three responses, one instruction: one baseline call (merged in flight), three forced calls
+    assert sum(shown_response(c) == "" for c in fb.calls) == 1 and len(fb.calls) == 4
+
+
 # Real pairs, written for this test: the answers say clearly what was asked.
 PAIRS = [
     (

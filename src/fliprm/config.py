@@ -96,9 +96,10 @@ class RewardConfig(BaseModel):
     backend: str = opt("embedded", "embedded | embedded:NAME | gguf:PATH | openai[:MODEL] | "
                        "fake (scripted dry run)", short="-b")
     model: str | None = opt(None, "model name on the server (openai backend)")
-    method: Literal["f1", "likelihood"] = opt(
+    method: Literal["f1", "likelihood", "pmi"] = opt(
         "f1", "f1 (the paper: word F1 of the inferred instruction) | likelihood "
-        "(mean log p(instruction | response), teacher-forced)")
+        "(mean log p(instruction | response), teacher-forced) | pmi (likelihood minus the "
+        "instruction's likelihood given an empty response)")
     samples: int = opt(1, "f1: average the reward over this many sampled inferred "
                        "instructions (seeded; needs --temperature > 0)")
     template: str | Template = opt("flip-short", "built-in template family: flip-short "
@@ -193,7 +194,7 @@ class RewardConfig(BaseModel):
     def _consistent(self) -> RewardConfig:
         if self.samples > 1:
             if self.method != "f1":
-                raise ValueError("samples > 1 applies to method='f1' (likelihood is exact)")
+                raise ValueError("samples > 1 applies to method='f1' (likelihood and pmi are exact)")
             if self.temperature <= 0:
                 raise ValueError("samples > 1 needs temperature > 0: greedy samples are identical")
         if self.exact and self.backend.partition(":")[0] not in ("embedded", "gguf"):

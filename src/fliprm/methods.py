@@ -16,6 +16,7 @@ import json
 import math
 import re
 import statistics
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from .result import FlipResult
 from .similarity import F1, get_similarity
 from .templates import Template
 
-__all__ = ["F1Method", "Item", "LikelihoodMethod", "Method", "Runner", "get_method"]
+__all__ = ["F1Method", "Item", "LikelihoodMethod", "Method", "PMIMethod", "Runner", "get_method"]
 
 INSTRUCTION_KEY = "INFERRED INSTRUCTION"
 
@@ -251,9 +252,10 @@ class LikelihoodMethod:
     def __init__(self, config: RewardConfig) -> None:
         self.config = config
 
-    async def run(self, runner: Runner, item: Item) -> FlipResult:
-        cfg = self.config
+    async def _mean_logprob(self, runner: Runner, item: Item) -> tuple[FlipResult, float | None]:
+        """A result carrying the cost of one forced call, and the instruction's mean logprob."""
         forced = json.dumps(item.instruction, ensure_ascii=False)[1:-1]
+        cfg = self.config
 
         def build(it: Item) -> GenerateRequest:
             return GenerateRequest(
@@ -263,18 +265,72 @@ class LikelihoodMethod:
             )
 
         comp, item = await runner.generate(item, build, cacheable=None)
-        res = FlipResult(reward=None, raw_output=comp.text, method="likelihood",
+        res = FlipResult(reward=None, raw_output=comp.text, method=self.name,
                          prompt_tokens=comp.prompt_tokens,
                          completion_tokens=comp.completion_tokens, cached=comp.from_cache)
         used = forced_logprobs(comp, forced)
         if not used:
-            res.error = f"{item.where}: likelihood: the backend returned no token log-probabilities"
-            return res
-        mean = sum(used) / len(used)
-        res.logprob = mean
-        res.reward = math.exp(mean)
-        res.parse_ok = True
+            res.error = f"{item.where}: {self.name}: the backend returned no token log-probabilities"
+            return res, None
         res.extra["forced_tokens"] = len(used)
+        return res, sum(used) / len(used)
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        res, mean = await self._mean_logprob(runner, item)
+        if mean is not None:
+            res.logprob = mean
+            res.reward = math.exp(mean)
+            res.parse_ok = True
+        return res
+
+
+class PMIMethod(LikelihoodMethod):
+    """How much the response raises the instruction's likelihood: the mean per-token pointwise
+    mutual information ``log p(x | y) - log p(x | empty response)`` over the instruction's
+    tokens; reward = sigmoid(PMI), so 0.5 means "the response tells nothing about x".
+
+    The raw likelihood favours instructions that are easy to predict whatever the response
+    ("What is the boiling point of water at sea level?" was as likely as the true "Give me
+    three tips for sleeping better." for a sleep-tips answer); the empty-response baseline
+    removes that prior (the surface-form correction of zero-shot scoring, Holtzman et al.
+    2021). The baseline depends only on the instruction, so a group of responses to one prompt
+    (GRPO, best-of-N) shares one baseline call, and rankings within the group are those of the
+    likelihood method.
+    """
+
+    name = "pmi"
+    #: baselines kept per reward object (one per instruction and template)
+    MEMO_SIZE = 4096
+
+    def __init__(self, config: RewardConfig) -> None:
+        super().__init__(config)
+        self._memo: OrderedDict[tuple[str, str | None, str], float] = OrderedDict()
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        res, mean = await self._mean_logprob(runner, item)
+        if mean is None:
+            return res
+        key = (item.template.sha256, item.context, item.instruction)
+        base = self._memo.get(key)
+        if base is None:
+            # concurrent items with one instruction also share the call: the engine merges
+            # identical requests in flight
+            null, base = await self._mean_logprob(runner, replace(item, response=""))
+            res.prompt_tokens += null.prompt_tokens
+            res.completion_tokens += null.completion_tokens
+            res.cached = res.cached and null.cached
+            if base is None:
+                res.error = null.error
+                return res
+            self._memo[key] = base
+            if len(self._memo) > self.MEMO_SIZE:
+                self._memo.popitem(last=False)
+        pmi = mean - base
+        res.logprob = mean
+        res.reward = 1.0 / (1.0 + math.exp(-pmi))
+        res.parse_ok = True
+        res.extra["pmi"] = pmi
+        res.extra["baseline_logprob"] = base
         return res
 
 
@@ -293,4 +349,4 @@ def forced_logprobs(comp: Completion, forced: str) -> list[float]:
 
 def get_method(config: RewardConfig) -> Method:
     """The strategy object for ``config.method``."""
-    return {"f1": F1Method, "likelihood": LikelihoodMethod}[config.method](config)
+    return {"f1": F1Method, "likelihood": LikelihoodMethod, "pmi": PMIMethod}[config.method](config)

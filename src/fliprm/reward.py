@@ -130,9 +130,9 @@ class FlipReward:
             self.backend = build_backend(self.config, self.runtime, **(backend_options or {}))
         else:
             self.backend = backend
-        if self.config.method == "likelihood" and not self.backend.supports_forced_decoding:
+        if self.config.method != "f1" and not self.backend.supports_forced_decoding:
             raise ConfigError(
-                f"method='likelihood' needs teacher forcing or prompt log-probabilities, which "
+                f"method={self.config.method!r} needs teacher forcing or prompt log-probabilities, which "
                 f"backend {self.backend.name!r} does not offer here; use the embedded backend, a "
                 "llama.cpp server (likelihood_mode='forced') or vLLM "
                 "(likelihood_mode='prompt_logprobs')"

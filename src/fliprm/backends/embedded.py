@@ -20,6 +20,7 @@ from .._types import Completion, GenerateRequest
 from ..errors import BackendError, BadResponse, ConfigError, MissingDependency
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
+from ._forcing import forcing_steps
 
 __all__ = ["EmbeddedBackend"]
 
@@ -179,6 +180,8 @@ class EmbeddedBackend:
             return reply, time.perf_counter() - t0
 
     async def generate(self, request: GenerateRequest) -> Completion:
+        if request.forced_text is not None:
+            return await asyncio.to_thread(self._force, request)
         body = build_body(request, schema_mode="json_schema",
                           extra_body=None if self.reuse_prompt_cache else {"cache_prompt": False})
         reply, latency = await asyncio.to_thread(self._call, body)
@@ -187,6 +190,37 @@ class EmbeddedBackend:
             msg = err.get("message", err) if isinstance(err, dict) else err
             raise BadResponse(f"llama.cpp: {msg}", status_code=400)
         return read_reply(reply, latency_s=latency, prefix=request.assistant_prefix)
+
+    def _force(self, request: GenerateRequest) -> Completion:
+        """Teacher forcing, one canonical token at a time (see :mod:`._forcing`)."""
+        import httpx
+
+        self.start()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        steps = forcing_steps(request, exact=not self.reuse_prompt_cache)
+        t0 = time.perf_counter()
+        # the whole sequence holds the one slot: another call in between would evict the
+        # prefix every step reuses
+        with self._call_lock, httpx.Client(base_url=self.http_url, headers=headers,
+                                           timeout=60) as client:
+            reply: Any = None
+            try:
+                while True:
+                    path, body = steps.send(reply)
+                    if path == "/v1/completions":
+                        reply = self._server.handle_completions(body)
+                        if isinstance(reply, dict) and "error" in reply:
+                            raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
+                    else:
+                        r = client.post(path, json=body)
+                        r.raise_for_status()
+                        reply = r.json()
+            except StopIteration as done:
+                comp: Completion = done.value
+            except httpx.HTTPError as exc:
+                raise BackendError(f"llama.cpp {type(exc).__name__}: {exc}") from exc
+        comp.latency_s = time.perf_counter() - t0
+        return comp
 
     def count_tokens(self, text: str) -> int:
         """Token count of ``text`` under this model's tokenizer (used for truncation)."""

@@ -13,7 +13,8 @@ from ..judges import JUDGES, Judge, LongestJudge
 
 MethodsOpt = Annotated[str, typer.Option(
     "--methods", help=f"comma list of {','.join(JUDGES)} (flip = backward inference + word F1; "
-    "flip-likelihood = mean log p(instruction | response))")]
+    "flip-likelihood = mean log p(instruction | response); flip-pmi = the same minus log p("
+    "instruction | empty response))")]
 
 #: flags the judges take from the shared reward definition; --method is --methods' job here
 EXCLUDE = ("method",)

@@ -40,6 +40,7 @@ __all__ = [
 JUDGES: dict[str, type] = {
     "flip": FlipJudge,
     "flip-likelihood": FlipJudge,
+    "flip-pmi": FlipJudge,
     "pointwise": PointwiseJudge,
     "pairwise": PairwiseJudge,
     "listwise": ListwiseJudge,
@@ -50,7 +51,7 @@ JUDGES: dict[str, type] = {
 def get_judge(name: str, backend: Backend | str = "embedded", **options: Any) -> Judge:
     """Build a judge by name. ``options`` go to its constructor (``engine``, ``config``,
     ``template``, ``seed``). ``flip`` scores with ``config.method`` as given (F1 by default),
-    ``flip-likelihood`` with the likelihood method.
+    ``flip-likelihood`` and ``flip-pmi`` with those methods.
 
     >>> get_judge("longest").name
     'longest'
@@ -61,8 +62,8 @@ def get_judge(name: str, backend: Backend | str = "embedded", **options: Any) ->
         raise ConfigError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}") from None
     if cls is LongestJudge:
         return LongestJudge(seed=options.get("seed", 0))
-    if name == "flip-likelihood":
-        options["method"] = "likelihood"
+    if name in ("flip-likelihood", "flip-pmi"):
+        options["method"] = name.removeprefix("flip-")
     elif name == "flip":
         options.setdefault("method", "f1")
     return cls(backend, **options)

@@ -60,8 +60,8 @@ class FlipJudge:
         self.reward = reward
         self.backend = reward.backend
         self.seed = seed
-        if reward.config.method == "likelihood":
-            self.name = "flip-likelihood"
+        if reward.config.method != "f1":
+            self.name = f"flip-{reward.config.method}"
 
     def identity(self) -> dict[str, Any]:
         return {"judge": self.name, **self.reward.identity()}
