@@ -10,3 +10,16 @@ def shown_response(request) -> str:
     if "<response>\n" in text:
         return text.split("<response>\n", 1)[1].split("\n</response>", 1)[0]
     return text.split("[Response]\n", 1)[-1].split("\n\n[", 1)[0]
+
+
+class Borrowed:
+    """A shared backend (the session's model), minus aclose: the fixture owns its lifetime."""
+
+    def __init__(self, backend):
+        self._b = backend
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    async def aclose(self) -> None:
+        return None

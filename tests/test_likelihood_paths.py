@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fliprm import FlipReward, RewardConfig, RuntimeOptions
+from helpers_fliprm import Borrowed
 
 pytestmark = pytest.mark.model
 FIX = Path(__file__).parent / "fixtures"
@@ -23,16 +24,6 @@ FIX = Path(__file__).parent / "fixtures"
 def borrowed(embedded_backend, monkeypatch):
     """eval and rerank use the session's model instead of loading another copy."""
     from fliprm.cli import _eval_common
-
-    class Borrowed:
-        def __init__(self, backend):
-            self._b = backend
-
-        def __getattr__(self, name):
-            return getattr(self._b, name)
-
-        async def aclose(self) -> None:
-            pass
 
     monkeypatch.setattr(_eval_common, "build_backend", lambda *a, **k: Borrowed(embedded_backend))
     return embedded_backend

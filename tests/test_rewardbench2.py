@@ -23,6 +23,7 @@ from fliprm.eval.rb2_report import summarize, write_report
 from fliprm.eval.rb2_scoring import item_credit, prompt_stats, ties_score
 from fliprm.eval.rewardbench2 import arun_rewardbench2
 from fliprm.records import read_records
+from helpers_fliprm import Borrowed
 
 #: the plots come with the eval extra (matplotlib); without it the reports are text only
 HAS_PLOTS = importlib.util.find_spec("matplotlib") is not None
@@ -226,7 +227,7 @@ def test_cli_rejects_unknown_method(tmp_path):
 @pytest.mark.model
 def test_cli_real_model(embedded_backend, tmp_path, monkeypatch):
     # reuse the session's model instead of loading a second copy
-    monkeypatch.setattr(eval_common_cli, "build_backend", lambda *a: _Borrowed(embedded_backend))
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda *a: Borrowed(embedded_backend))
     out = tmp_path / "rb2"
     args = ["eval", "rewardbench2", "--data", str(PARQUET), "--methods", "flip,pointwise",
             "--subsets", "Focus", "--limit", "1", "--max-tokens", "128", "--out", str(out)]
@@ -237,17 +238,6 @@ def test_cli_real_model(embedded_backend, tmp_path, monkeypatch):
     assert flip["n_items"] == 1 and flip["errors"] == 0 and flip["tokens_per_item"] > 0
 
 
-class _Borrowed:
-    """The shared model, minus aclose: the session fixture owns its lifetime."""
-
-    def __init__(self, backend):
-        self._b = backend
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    async def aclose(self) -> None:
-        return None
 
 
 def test_runner_doc_example_runs():
