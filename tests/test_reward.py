@@ -234,3 +234,24 @@ def test_mask_echo_hides_a_restated_instruction_from_the_judge(fake_flip):
     assert r.extra["echo_masked_words"] >= 10
     FlipReward(fb).score([instr], [hacked])  # off by default
     assert "poem about the sea" in fb.calls[1].messages[-1]["content"]
+
+
+def test_multi_sample_f1_averages_seeded_samples_and_reports_the_spread():
+    answers = {5: "Name the capital of France.", 6: "Name a city.", 7: "Name the capital of Spain."}
+    fb = FakeBackend(lambda r: flip_json(answers[r.seed]))
+    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5)
+    (r,) = rm.score(["Name the capital of France."], ["Paris."])
+    assert sorted(c.seed for c in fb.calls) == [5, 6, 7]
+    assert all(c.temperature == 0.7 for c in fb.calls)
+    singles = [FlipReward(FakeBackend(lambda r, a=a: flip_json(a))).score(
+        ["Name the capital of France."], ["Paris."])[0].reward for a in answers.values()]
+    assert r.reward == pytest.approx(sum(singles) / 3)
+    assert r.extra["sample_rewards"] == pytest.approx(singles)
+    assert r.extra["reward_std"] > 0 and len(r.extra["sample_instructions"]) == 3
+    # seeded samples are deterministic, so they are cached like greedy calls
+    cache = ResponseCache(":memory:")
+    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5, cache=cache)
+    rm.score(["x"], ["y"])
+    n = len(fb.calls)
+    rm.score(["x"], ["y"])
+    assert len(fb.calls) == n

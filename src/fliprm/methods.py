@@ -158,6 +158,9 @@ class F1Method:
             return results[0]
         first = results[0]
         rewards = [float(r.reward) for r in scored]  # type: ignore[arg-type]
+        # read every sample before the first one's result becomes the mean
+        sample_rewards = [r.reward for r in results]
+        sample_instructions = [r.inferred_instruction for r in results]
         first.reward = statistics.fmean(rewards)
         first.precision = statistics.fmean(float(r.precision or 0.0) for r in scored)
         first.recall = statistics.fmean(float(r.recall or 0.0) for r in scored)
@@ -166,8 +169,8 @@ class F1Method:
         first.prompt_tokens = sum(r.prompt_tokens for r in results)
         first.completion_tokens = sum(r.completion_tokens for r in results)
         first.cached = all(r.cached for r in results)
-        first.extra["sample_rewards"] = [r.reward for r in results]
-        first.extra["sample_instructions"] = [r.inferred_instruction for r in results]
+        first.extra["sample_rewards"] = sample_rewards
+        first.extra["sample_instructions"] = sample_instructions
         first.extra["reward_std"] = statistics.pstdev(rewards)
         return first
 
