@@ -6,8 +6,9 @@ instruction, repeating an eval, or a GRPO group with duplicate completions then 
 
 Rules: only deterministic calls are cached (temperature 0, or a fixed seed); failures are never
 stored (the caller decides what counts as a success); the cache never raises: a broken or locked
-database degrades to a miss; it holds at most ``max_entries`` completions (the oldest go). WAL mode plus a busy timeout make concurrent writers from several
-processes safe.
+database degrades to a miss; it holds at most ``max_entries`` completions (the oldest go; per
+process: several writers to one file may each add up to ``max_entries // 16`` between prunes).
+WAL mode plus a busy timeout make concurrent writers from several processes safe.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ResponseCache:
 
     def __init__(self, path: str | Path, *, max_entries: int | None = 1_000_000) -> None:
         self.path = str(path)
-        #: the oldest entries beyond this many are deleted (checked every 256 writes)
+        #: the oldest entries beyond this many are deleted (never more are kept, see put)
         self.max_entries = max_entries
         self._puts = 0
         self._lock = threading.Lock()
@@ -119,12 +120,18 @@ class ResponseCache:
                     (key, model_id, value),
                 )
                 self._puts += 1
-                if self.max_entries is not None and self._puts % 256 == 1:
-                    conn.execute(
-                        "DELETE FROM completions WHERE rowid IN (SELECT rowid FROM completions "
-                        "ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?)",
-                        (self.max_entries,),
-                    )
+                if self.max_entries is not None:
+                    # Every `step` writes (and on the first, for a file that is already over the
+                    # cap) keep the newest max_entries - step + 1: the step - 1 writes until the
+                    # next prune then fit under the cap. rowid grows with every insert (a
+                    # replaced key gets a new one): this walks the rowid index, no table sort.
+                    step = max(1, min(256, self.max_entries // 16))
+                    if self._puts == 1 or self._puts % step == 0:
+                        conn.execute(
+                            "DELETE FROM completions WHERE rowid <= (SELECT rowid FROM "
+                            "completions ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                            (self.max_entries - step + 1,),
+                        )
                 conn.commit()
         except (sqlite3.Error, TypeError, ValueError) as exc:
             log.warning("could not write to the response cache: %s", exc)

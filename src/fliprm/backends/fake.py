@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -44,6 +45,9 @@ class FakeBackend:
             # judge's JSON schema (its verdicts are arbitrary: never a stand-in for a model)
             replies = scripted_reply
             model_id = "fake-eval" if model_id == "fake" else model_id
+            # FLIPRM_FAKE_DELAY_S: seconds each call sleeps, so tests of a served ``-b fake``
+            # (``fliprm serve`` in a subprocess) can have requests in flight
+            delay_s = delay_s or float(os.environ.get("FLIPRM_FAKE_DELAY_S") or 0)
         self._fn = replies if callable(replies) else None
         self._queue = None if callable(replies) else list(replies)
         self.model_id = model_id

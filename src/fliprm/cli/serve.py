@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..cache import ResponseCache
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
 
@@ -57,26 +58,34 @@ def register(app: typer.Typer) -> None:
         idle_timeout: Annotated[float, typer.Option(
             help="seconds an idle kept-alive connection stays open")] = 15.0,
         max_connections: Annotated[int, typer.Option(
-            help="open connections at most; more are refused (503)")] = 512,
+            help="open connections at most (lowered to fit the open-file limit); beyond it "
+            "the connection waiting longest for its request is closed, or the newcomer gets "
+            "503")] = 512,
+        drain_grace: Annotated[float, typer.Option(
+            help="at shutdown, seconds idle kept-alive connections stay open answering 503")] = 2.0,
+        cache_max_entries: Annotated[int, typer.Option(
+            help="with --cache: completions kept at most (the oldest go)")] = 100_000,
         log_level: Annotated[str, typer.Option()] = "info",
     ) -> None:
         """Serve FLIP rewards: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, /metrics.
 
         Starts from the RL preset (parse failures are errors, responses cut at 8,000
         characters, the echo guard on); every reward flag changes it. No response cache
-        unless --cache PATH is given."""
+        unless --cache PATH is given (then at most --cache-max-entries completions)."""
         if not is_loopback(host) and not server_api_key:
             fail(f"--host {host} is reachable from other machines: set --api-key or FLIPRM_API_KEY")
         # The server's key must not leak to an upstream openai backend via its env fallback.
         os.environ.pop("FLIPRM_API_KEY", None)
         try:
-            import uvicorn
-
-            from ..server import create_app, serve_config
+            from ..server import GuardedServer, create_app, serve_config
         except ImportError:
             fail("fliprm serve needs its extra: pip install 'fliprm[server]'", code=1)
+        if cache_max_entries < 1:
+            fail("--cache-max-entries must be >= 1")
         try:
-            reward = settings.reward()
+            cache = (ResponseCache(settings.cache, max_entries=cache_max_entries)
+                     if settings.cache is not None else None)
+            reward = settings.reward(cache=cache)
         except FlipError as exc:
             fail(str(exc))
         app_ = create_app(
@@ -91,8 +100,8 @@ def register(app: typer.Typer) -> None:
             close_reward=True,
             drain_timeout=graceful_timeout,
         )
-        uvicorn.Server(serve_config(
+        GuardedServer(serve_config(
             app_, host=host, port=port, log_level=log_level, graceful_timeout=graceful_timeout,
             header_timeout=header_timeout, idle_timeout=idle_timeout,
-            max_connections=max_connections,
+            max_connections=max_connections, drain_grace=drain_grace,
         )).run()

@@ -27,9 +27,11 @@ from .schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreRequest, ScoreRespo
 __all__ = ["create_app"]
 
 
-async def _disconnected(request: Request, every_s: float = 0.25) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(every_s)
+async def _client_gone(request: Request) -> None:
+    """Return once the client hangs up. The body is read by now, so the server's next ASGI
+    message is ``http.disconnect`` (as Starlette's StreamingResponse listens for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.25)  # not expected after the body; never spin on it
 
 
 def create_app(
@@ -52,7 +54,7 @@ def create_app(
     Args:
         reward: the one :class:`FlipReward` every request is scored with.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
-        max_batch_items: items merged into one ``FlipReward.ascore`` call (soft cap).
+        max_batch_items: items scored together as one micro-batch (soft cap).
         max_wait_ms: how long the first queued request waits for others to join its batch.
         max_queue_items: items allowed to wait; beyond it requests get 503 + Retry-After.
         max_inflight_batches: batches scored at once (default: 1 for a one-call-at-a-time
@@ -100,17 +102,16 @@ def create_app(
         if len(instr) > max_items_per_request:
             metrics.rejected["too_large"] += 1
             raise HTTPException(413, f"at most {max_items_per_request} items per request")
+        submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
+        # a client that hangs up has its items dropped (queued) or cancelled (running)
+        watch = asyncio.ensure_future(_client_gone(request)) if request is not None else None
         try:
-            submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
-            if request is not None:
-                # a client that hangs up gets its queued items dropped, not scored for nobody
-                watch = asyncio.ensure_future(_disconnected(request))
-                done, _ = await asyncio.wait({submit, watch}, return_when=asyncio.FIRST_COMPLETED)
-                if submit not in done:
+            if watch is not None:
+                await asyncio.wait({submit, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if not submit.done():
                     submit.cancel()
                     metrics.rejected["client_gone"] += 1
                     raise HTTPException(499, "client closed the request")
-                watch.cancel()
             return await submit
         except QueueFull as exc:
             metrics.rejected["queue_full"] += 1
@@ -121,6 +122,9 @@ def create_app(
         except RequestTimeout as exc:
             metrics.rejected["timeout"] += 1
             raise HTTPException(504, str(exc))
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
@@ -190,9 +194,14 @@ def create_app(
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:
         gauges = {"queue_depth": float(batcher.depth), "inflight_items": float(batcher.inflight)}
+        gate = getattr(app.state, "connections", None)  # set by serve_config
+        if gate is not None:
+            gauges["open_connections"] = float(gate.open)
+            gauges["max_connections"] = float(gate.cap)
         engine = reward.engine.stats
         return metrics.render(
-            gauges, lambda: {k: v for k, v in asdict(engine).items() if k != "in_flight"}
+            gauges, lambda: {k: v for k, v in asdict(engine).items() if k != "in_flight"},
+            closed=gate.closed if gate is not None else None,
         )
 
     app.add_middleware(

@@ -1,9 +1,15 @@
 """Micro-batching: requests from many clients are queued and scored together.
 
 One collector task takes the first waiting job, waits ``max_wait_s`` for company, drains the
-queue up to ``max_batch_items`` and hands the merged batch to ``FlipReward.ascore``. While a
-batch runs (at most ``max_inflight_batches`` at once), new jobs pile up and form the next,
+queue up to ``max_batch_items`` and scores the batch (each request's items with one
+``FlipReward.ascore`` call, all of them at once, under the reward's one concurrency cap). While
+a batch runs (at most ``max_inflight_batches`` at once), new jobs pile up and form the next,
 larger batch, so under load the number of backend batches grows slower than the request count.
+
+Isolation: one request's failure never fails another's. An item that raises becomes that item's
+error (``FlipReward`` does that); a request whose ``ascore`` call raises anyway has its items
+retried one by one. A request whose client is gone (disconnected or timed out) is cancelled:
+queued, it is dropped; running, its backend calls are cancelled.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ class _Job:
     contexts: list[Any]
     future: asyncio.Future[list[FlipResult]]
     enqueued: float = field(default_factory=time.perf_counter)
+    #: its ascore call, once its batch runs (cancelled when the future is: the client is gone)
+    task: asyncio.Future[list[FlipResult]] | None = None
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(self._abandoned)
+
+    def _abandoned(self, future: asyncio.Future[list[FlipResult]]) -> None:
+        if future.cancelled() and self.task is not None:
+            self.task.cancel()
 
     @property
     def n(self) -> int:
@@ -150,7 +165,8 @@ class MicroBatcher:
                 batch.append(job)
                 n += job.n
             self._pending -= n
-            live = [j for j in batch if not j.future.done()]  # drop timed-out jobs
+            live = [j for j in batch if not j.future.done()]  # drop abandoned jobs
+            self.metrics.cancelled_items += sum(j.n for j in batch if j.future.done())
             if not live:
                 self._slots.release()
                 continue
@@ -164,41 +180,58 @@ class MicroBatcher:
         self._slots.release()
 
     async def _run(self, jobs: list[_Job]) -> None:
-        instr = [x for j in jobs for x in j.instructions]
-        resp = [x for j in jobs for x in j.responses]
-        ctx = [x for j in jobs for x in j.contexts]
-        self._inflight += len(instr)
+        n = sum(j.n for j in jobs)
+        self._inflight += n
         t0 = time.perf_counter()
         try:
-            try:
-                results = await self.reward.ascore(instr, resp, ctx)
-            except Exception:  # noqa: BLE001 - a bug, not an item failure
-                # score every member alone: one request's bad item must not fail the others
-                self.metrics.batch_errors += 1
-                results = []
-                for i in range(len(instr)):
-                    results.append(await self._alone(instr[i], resp[i], ctx[i], i))
+            got = await asyncio.gather(*(self._score_job(j) for j in jobs), return_exceptions=True)
         finally:
-            self._inflight -= len(instr)
+            self._inflight -= n
+        outs = [_failed(j, out) if isinstance(out, BaseException) else out
+                for j, out in zip(jobs, got)]
         elapsed = time.perf_counter() - t0
-        self._item_s = 0.8 * self._item_s + 0.2 * (elapsed / max(1, len(instr)))
-        self.metrics.record_batch(results, elapsed)
-        at = 0
-        for j in jobs:
-            if not j.future.done():
-                mine = results[at : at + j.n]
-                for k, res in enumerate(mine):
-                    # ascore names an item by its place in the merged batch; the client only
-                    # knows its place in its own request
-                    merged = f"item {at + k}:"
-                    if res.error and res.error.startswith(merged):
-                        res.error = f"item {k}:" + res.error[len(merged) :]
-                j.future.set_result(mine)
-            at += j.n
+        self._item_s = 0.8 * self._item_s + 0.2 * (elapsed / max(1, n))
+        self.metrics.record_batch([r for out in outs if out is not None for r in out], elapsed)
+        for j, out in zip(jobs, outs):
+            if out is not None and not j.future.done():
+                j.future.set_result(out)
 
-    async def _alone(self, instr: Any, resp: Any, ctx: Any, i: int) -> FlipResult:
+    async def _score_job(self, job: _Job) -> list[FlipResult] | None:
+        """One request's results (its own item numbers), or None if its client is gone."""
         try:
-            return (await self.reward.ascore([instr], [resp], [ctx]))[0]
+            return await self._watched(
+                job, self.reward.ascore(job.instructions, job.responses, job.contexts)
+            )
+        except Exception:  # noqa: BLE001 - a bug, not an item failure
+            # score this request's items one by one: a bad item must not fail its neighbours
+            self.metrics.batch_errors += 1
+            return await self._watched(
+                job, asyncio.gather(*(self._alone(job, i) for i in range(job.n)))
+            )
+
+    async def _watched(self, job: _Job, work: Any) -> list[FlipResult] | None:
+        """Await ``work`` for ``job``; None (and ``work`` cancelled) once its client is gone."""
+        if job.future.done():
+            if asyncio.iscoroutine(work):
+                work.close()
+            else:
+                work.cancel()
+            self.metrics.cancelled_items += job.n
+            return None
+        job.task = asyncio.ensure_future(work)
+        try:
+            return list(await job.task)
+        except asyncio.CancelledError:
+            if job.future.cancelled():  # the client is gone: its backend calls were cancelled
+                self.metrics.cancelled_items += job.n
+                return None
+            raise
+
+    async def _alone(self, job: _Job, i: int) -> FlipResult:
+        try:
+            return (await self.reward.ascore(
+                [job.instructions[i]], [job.responses[i]], [job.contexts[i]]
+            ))[0]
         except Exception as exc:  # noqa: BLE001
             return FlipResult(reward=None, error=f"item {i}: internal error: "
                               f"{type(exc).__name__}: {exc}")
@@ -216,3 +249,11 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._collector = None
+
+
+def _failed(job: _Job, exc: BaseException) -> list[FlipResult]:
+    """Error results for a job whose scoring failed outside any item (a bug)."""
+    return [
+        FlipResult(reward=None, error=f"item {i}: internal error: {type(exc).__name__}: {exc}")
+        for i in range(job.n)
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ class Metrics:
     item_errors: int = 0
     batches: int = 0
     batch_errors: int = 0
+    cancelled_items: int = 0
     batch_items_sum: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS))
@@ -59,7 +60,8 @@ class Metrics:
                     if r.reward <= le:
                         self.reward_buckets[i] += 1
 
-    def render(self, gauges: dict[str, float], engine: Callable[[], dict[str, int]]) -> str:
+    def render(self, gauges: dict[str, float], engine: Callable[[], dict[str, int]],
+               closed: Mapping[str, int] | None = None) -> str:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -81,7 +83,10 @@ class Metrics:
             [("", self.item_errors)],
         )
         metric("batches_total", "counter", "Batches sent to the backend.", [("", self.batches)])
-        metric("batch_errors_total", "counter", "Batches that raised.", [("", self.batch_errors)])
+        metric("batch_errors_total", "counter", "Requests whose scoring call raised (their items "
+               "were then scored one by one).", [("", self.batch_errors)])
+        metric("cancelled_items_total", "counter", "Items dropped or cancelled because their "
+               "client was gone (disconnected or timed out).", [("", self.cancelled_items)])
         metric(
             "batch_items_sum",
             "counter",
@@ -104,6 +109,16 @@ class Metrics:
              "markup (defused).", self.markup_defused),
         ):
             metric(name, "counter", help_, [("", value)])
+        if closed is not None:
+            metric(
+                "connections_closed_total",
+                "counter",
+                "Connections the server closed: header_timeout (a request did not arrive whole "
+                "in time), evicted (waiting longest at the connection cap), refused (503 at "
+                "the cap).",
+                [(f'{{reason="{k}"}}', closed.get(k, 0))
+                 for k in ("header_timeout", "evicted", "refused")],
+            )
         for name, value in gauges.items():
             metric(name, "gauge", name.replace("_", " ") + ".", [("", value)])
         for name, value in engine().items():

@@ -1,13 +1,21 @@
-"""Run the server app under uvicorn on a background thread (tests, notebooks, one-process demos)."""
+"""Run the server app under uvicorn: :class:`GuardedServer` (what ``fliprm serve`` runs) and
+:class:`ServerThread` (the same on a background thread: tests, notebooks, one-process demos)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ServerThread", "serve_config"]
+import uvicorn
+
+from ._protocol import ConnectionGate, connection_cap, gated_listener, guarded_protocol
+
+__all__ = ["GuardedServer", "ServerThread", "serve_config"]
 
 
 def serve_config(
@@ -21,25 +29,59 @@ def serve_config(
     idle_timeout: float = 15.0,
     max_connections: int | None = 512,
     drain_grace: float = 2.0,
-) -> Any:
-    """The uvicorn config ``fliprm serve`` runs: the guarded protocol (a deadline for every
-    request to arrive whole, 503 for requests that arrive while draining), an idle timeout for
-    kept-alive connections and a connection cap (503 beyond it)."""
-    import uvicorn
+) -> uvicorn.Config:
+    """The uvicorn config ``fliprm serve`` runs (with :class:`GuardedServer`): a deadline for
+    every request to arrive whole (``header_timeout``), an idle timeout for kept-alive
+    connections, a connection cap (lowered to fit the open-file limit; see
+    :func:`~fliprm.server._protocol.connection_cap`), and 503 for requests that arrive on
+    kept-alive connections during the first ``drain_grace`` seconds of a shutdown.
 
-    from ._protocol import guarded_protocol
-
-    return uvicorn.Config(
+    The app's ``/metrics`` reports the connections (``app.state.connections``)."""
+    gate = ConnectionGate(connection_cap(max_connections))
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.connections = gate
+    config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level,
-        http=guarded_protocol(header_timeout, drain_grace),
-        timeout_keep_alive=max(1, round(idle_timeout)),
-        limit_concurrency=max_connections,
+        http=guarded_protocol(header_timeout, drain_grace, gate),
+        # the gate caps connections at accept(); uvicorn's own limit only counts them once a
+        # request has arrived, after the descriptors are gone
+        limit_concurrency=None,
+        loop="asyncio",  # the gate works on the asyncio listening socket (uvloop accepts itself)
+        timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  (any float works)
         timeout_graceful_shutdown=max(1, round(graceful_timeout)),
     )
+    config.fliprm_gate = gate  # type: ignore[attr-defined]
+    return config
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server on a listening socket that obeys the config's connection gate; a
+    SIGTERM that ends in a finished drain exits 0 (uvicorn re-raises it: the process would die
+    of the signal)."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        gate = getattr(self.config, "fliprm_gate", None)
+        if gate is not None:
+            if sockets is None:
+                sockets = [self.config.bind_socket()]
+            sockets = [gated_listener(s, gate) for s in sockets]
+        await super().serve(sockets=sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if captured and not self.force_exit:
+                    captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
 class ServerThread:
-    """uvicorn in a daemon thread, bound to a free port on 127.0.0.1 before it starts.
+    """uvicorn in a daemon thread, bound to a free port on 127.0.0.1 before it starts; takes
+    :func:`serve_config`'s options.
 
     >>> from fliprm import FlipReward
     >>> from fliprm.server import create_app
@@ -51,17 +93,15 @@ class ServerThread:
     def __init__(
         self, app: Any, *, host: str = "127.0.0.1", port: int = 0, **serve_options: Any
     ) -> None:
-        import uvicorn
-
         serve_options.setdefault("log_level", "warning")
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))  # bound here, so there is no race for the port
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.server = uvicorn.Server(serve_config(app, host=host, port=self.port, **serve_options))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))  # bound here, so there is no race for the port
+        self.host, self.port = sock.getsockname()[:2]
+        self.server = GuardedServer(serve_config(app, host=host, port=self.port, **serve_options))
         self._thread = threading.Thread(
             target=self.server.run,
-            kwargs={"sockets": [self._sock]},
+            kwargs={"sockets": [sock]},
             name="fliprm-serve",
             daemon=True,
         )
