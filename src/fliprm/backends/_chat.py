@@ -1,7 +1,8 @@
-"""The OpenAI chat-completions wire format, with the llama.cpp extensions fliprm uses.
+"""The OpenAI chat-completions wire format, with the llama.cpp and vLLM extensions fliprm uses.
 
 Both the embedded backend (llama.cpp's server loop called in-process) and the HTTP backend build
-request bodies and read replies here, so the two never drift apart.
+request bodies and read replies here, so the two never drift apart. What vLLM does with each
+field was checked against a real vLLM 0.32 server (tests/vllm, tests/fixtures/vllm).
 """
 
 from __future__ import annotations
@@ -36,11 +37,25 @@ def build_body(
 
     ``schema_mode`` is ``"response_format"`` (OpenAI, vLLM, SGLang, llama.cpp, Ollama),
     ``"json_schema"`` (llama.cpp's native field) or ``"off"``. ``dialect`` says which
-    extensions the server understands: ``"llamacpp"`` (top-level ``grammar``, a trailing
-    assistant message is continued by default), ``"vllm"`` (vLLM and SGLang:
-    ``structured_outputs.grammar``; a trailing assistant message is continued only with
-    ``continue_final_message: true, add_generation_prompt: false``, otherwise it is closed and a
-    new turn opened) or ``"generic"`` (neither).
+    extensions the server understands:
+
+    * ``"llamacpp"``: a GBNF ``grammar`` goes in the top-level ``grammar`` field; a trailing
+      assistant message is continued as it is.
+    * ``"vllm"``: vLLM *ignores* a top-level ``grammar`` without a word (it answers with free
+      text), so the grammar goes in ``structured_outputs: {"grammar": ...}``, which vLLM 0.32
+      applies (GBNF). A trailing assistant message is closed and a new assistant turn opened
+      unless the body says ``continue_final_message: true, add_generation_prompt: false``,
+      which it then does. (vLLM's old ``guided_json``/``guided_grammar`` fields are gone and
+      ignored the same way.) Servers that report ``owned_by: "sglang"`` get this dialect as well;
+      that is not tested.
+    * ``"generic"``: neither; a grammar is not sent, and an assistant prefix is sent as a
+      plain trailing message (what the server does with it is its own).
+
+    Teacher forcing (``forced_text``) is written here only for llama.cpp (a grammar admitting
+    exactly one string, and the raw log-probability of every token it forces); on vLLM the
+    OpenAI backend scores the instruction from prompt log-probabilities instead, because a
+    ``structured_outputs`` grammar returns log-probabilities renormalised after its mask (a
+    forced token comes back at 0.0), which are not likelihoods.
     """
     messages: list[dict[str, str]] = [dict(m) for m in request.messages]
     body: dict[str, Any] = {
@@ -55,7 +70,7 @@ def build_body(
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.assistant_prefix is not None:
-        # Prefill: the reply continues this assistant message.
+        # Prefill: the reply continues this assistant message (on vLLM only when told so).
         messages.append({"role": "assistant", "content": request.assistant_prefix})
         if dialect == "vllm":
             body["continue_final_message"] = True
@@ -126,7 +141,9 @@ def read_reply(data: Any, *, latency_s: float, prefix: str | None = None) -> Com
     lp = choice.get("logprobs")
     if isinstance(lp, dict) and isinstance(lp.get("content"), list):
         logprobs = [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in lp["content"]]
-    reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
+    # llama.cpp and older vLLM: reasoning_content; vLLM 0.32: reasoning
+    reasoning = ((message.get("reasoning_content") or message.get("reasoning"))
+                 if isinstance(message, dict) else None)
     return Completion(
         text=text or "",
         prompt_tokens=int(usage.get("prompt_tokens") or 0),

@@ -54,10 +54,13 @@ class OpenAIBackend:
             (``owned_by``) and falls back to ``"generic"``.
         likelihood_mode: how the likelihood method gets log p(instruction | response):
             ``"forced"`` (llama.cpp: a grammar that admits only the instruction, and the raw
-            log-probability of every forced token), ``"prompt_logprobs"`` (vLLM/SGLang: the
-            instruction is part of the prompt and one request returns the prompt's
-            log-probabilities; the server applies the model's own chat template) or ``"auto"``
-            (by dialect).
+            log-probability of every forced token; a reply that is not the instruction, from a
+            server that ignored the grammar, is an error; refused on a vLLM-dialect server),
+            ``"prompt_logprobs"`` (vLLM: the instruction ends a continued assistant message,
+            the *server* applies the model's own chat template, and one request with
+            ``prompt_logprobs`` returns the log-probability of every prompt token) or
+            ``"auto"`` (by dialect: llama.cpp forced, vLLM prompt_logprobs, otherwise an
+            error naming this setting).
         forced_decoding: old spelling of ``likelihood_mode="forced"``.
         extra_body: merged into every request, e.g.
             ``{"chat_template_kwargs": {"enable_thinking": False}}``; part of the cache key.
@@ -176,20 +179,53 @@ class OpenAIBackend:
                     "(llama.cpp) or prompt log-probabilities (vLLM, SGLang); this server is "
                     "neither as far as GET /models tells: set likelihood_mode"
                 )
-            dialect = "llamacpp"
+            if dialect == "vllm":
+                # vLLM ignores llama.cpp's `grammar`, and its own structured_outputs grammar
+                # returns log-probabilities renormalised after the mask: neither is a likelihood
+                raise BadResponse(
+                    f"{self.base_url}: likelihood_mode='forced' needs llama.cpp's grammar-forced "
+                    "decoding; this server is vLLM/SGLang (GET /models): use "
+                    "likelihood_mode='prompt_logprobs' (or 'auto')"
+                )
+            return await self._forced(request)
         body = build_body(request, model=self.model, schema_mode=self.schema_mode,
                           extra_body=self.extra_body, dialect=dialect)
         data, latency = await self._post("/chat/completions", body)
         return read_reply(data, latency_s=latency, prefix=request.assistant_prefix)
 
-    async def _prompt_logprobs(self, request: GenerateRequest) -> Completion:
-        """log p(forced | prompt) in one request: the forced text ends the (continued)
-        assistant message, the server applies the model's own chat template and returns the
-        log-probability of every prompt token; the forced span is found by its characters."""
+    async def _forced(self, request: GenerateRequest) -> Completion:
+        """llama.cpp: a grammar that admits only the forced text, and the raw log-probability of
+        every token it forces. A server that ignores the grammar (vLLM, any server without
+        llama.cpp's extension) generates free text instead: that is an error, never a reward."""
+        body = build_body(request, model=self.model, schema_mode=self.schema_mode,
+                          extra_body=self.extra_body, dialect="llamacpp")
+        data, latency = await self._post("/chat/completions", body)
+        comp = read_reply(data, latency_s=latency, prefix=request.assistant_prefix)
         forced = request.forced_text or ""
-        prefix = (request.assistant_prefix or "") + forced + request.forced_suffix
-        req = replace(request, assistant_prefix=prefix, forced_text=None, json_schema=None,
-                      grammar=None)
+        if not comp.text.startswith(forced):
+            raise BadResponse(
+                f"{self.base_url}: the server did not follow the forcing grammar (it wrote "
+                f"{comp.text[:60]!r} instead of the forced instruction): it does not support "
+                "llama.cpp's `grammar` field; for vLLM/SGLang use likelihood_mode='prompt_logprobs'"
+            )
+        return comp
+
+    async def _prompt_logprobs(self, request: GenerateRequest) -> Completion:
+        """log p(forced | prompt) in one request (vLLM, SGLang).
+
+        The forced text ends a continued assistant message (``assistant_prefix + forced``;
+        ``forced_suffix`` is left out, so the prompt ends exactly where the text does and its
+        last token is the text's own, as in :mod:`._forcing`). The *server* applies the model's
+        own chat template (``continue_final_message: true, add_generation_prompt: false``),
+        prefills once and returns one log-probability per prompt token (``prompt_logprobs``);
+        the forced text's tokens are found by their characters from the end of the prompt.
+        """
+        forced = request.forced_text or ""
+        if not forced:
+            raise BadResponse("nothing to score: the forced text is empty")
+        prefix = (request.assistant_prefix or "") + forced
+        req = replace(request, assistant_prefix=prefix, forced_text=None, forced_suffix="",
+                      json_schema=None, grammar=None)
         body = build_body(req, model=self.model, schema_mode="off",
                           extra_body=self.extra_body, dialect="vllm")
         body.update(max_tokens=1, temperature=0.0, prompt_logprobs=0)
@@ -199,8 +235,11 @@ class OpenAIBackend:
         if not isinstance(entries, list):
             raise BadResponse(f"{self.base_url}: reply has no prompt_logprobs; the server does "
                               "not return prompt log-probabilities")
-        comp.token_logprobs = span_logprobs(entries, forced, request.forced_suffix)
-        comp.text = prefix
+        comp.token_logprobs = span_logprobs(entries, forced)
+        comp.text = forced
+        comp.completion_tokens = 0
+        comp.finish_reason = "stop"
+        comp.extra["forced"] = "prompt_logprobs"
         return comp
 
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[Any, float]:
@@ -234,35 +273,63 @@ class OpenAIBackend:
         self._clients.clear()
 
 
-def span_logprobs(
-    entries: list[Any], forced: str, suffix: str
-) -> list[tuple[str, float]]:
-    """``(token, logprob)`` for the prompt tokens that spell ``forced``, which the prompt ends
-    with, followed by ``suffix``. ``entries`` is vLLM's ``prompt_logprobs`` with
-    ``prompt_logprobs: 0``: one ``{token_id: {logprob, decoded_token}}`` per prompt token (the
-    first is null).
+def span_logprobs(entries: list[Any], forced: str) -> list[tuple[str, float]]:
+    """``(token, logprob)`` for the prompt tokens that spell ``forced``, the text the prompt
+    ends with.
 
-    >>> e = [None] + [{"1": {"logprob": -1.0, "decoded_token": t}} for t in ['": "', "Say", " hi", '"}']]
-    >>> span_logprobs(e, "Say hi", '"}')
+    ``entries`` is vLLM's ``prompt_logprobs``: one ``{token_id: {logprob, rank, decoded_token}}``
+    per prompt token, the prompt's own token first (the first entry is null: nothing predicts
+    it). The tokens' ``decoded_token`` strings add up to the prompt text; where one character's
+    bytes are split over several tokens, vLLM gives the earlier pieces ``""`` and the last the
+    whole character, so an empty token goes with the token after it. A token that straddles
+    the start of ``forced`` (a BPE merge with the text before it) is part of the span; token
+    strings are clipped to the span, so their lengths add up to ``len(forced)``.
+
+    >>> e = [None] + [{"1": {"logprob": -1.0, "decoded_token": t}} for t in ['": "', "Say", " hi"]]
+    >>> span_logprobs(e, "Say hi")
     [('Say', -1.0), (' hi', -1.0)]
+    >>> e = [None, {"7": {"logprob": -0.5, "decoded_token": ' "'}},
+    ...      {"8": {"logprob": -2.0, "decoded_token": ""}},
+    ...      {"9": {"logprob": -0.25, "decoded_token": "\u00e9t\u00e9"}}]
+    >>> span_logprobs(e, "\u00e9t\u00e9")
+    [('', -2.0), ('\u00e9t\u00e9', -0.25)]
     """
     toks: list[tuple[str, float]] = []
     for e in entries:
         if not e:
             toks.append(("", 0.0))
             continue
-        info = next(iter(e.values()))
-        toks.append((str(info.get("decoded_token", "")), float(info.get("logprob", 0.0))))
+        if not isinstance(e, dict):
+            raise BadResponse(f"prompt_logprobs entry is not an object: {str(e)[:100]}")
+        info = next(iter(e.values()))  # the prompt's own token comes first
+        if not isinstance(info, dict):
+            raise BadResponse(f"prompt_logprobs entry has no logprob: {str(e)[:100]}")
+        tok = info.get("decoded_token")
+        if not isinstance(tok, str):
+            raise BadResponse("prompt_logprobs carry no decoded tokens (server started with "
+                              "--skip-tokenizer-init?): the instruction's span cannot be found")
+        toks.append((tok, float(info.get("logprob", 0.0))))
     text = "".join(t for t, _ in toks)
-    tail = forced + suffix
-    if not text.endswith(tail):
-        raise BadResponse("prompt log-probabilities do not end with the forced instruction "
-                          "(the server's chat template added text after the final message?)")
-    start, stop = len(text) - len(tail), len(text) - len(suffix)
-    out, pos = [], 0
-    for tok, lp in toks:
+    if not forced or not text.endswith(forced):
+        raise BadResponse(
+            "prompt log-probabilities do not end with the forced instruction (the server's "
+            f"chat template added text after the final message?): ...{text[-80:]!r}"
+        )
+    start = len(text) - len(forced)
+    out: list[tuple[str, float]] = []
+    pending: list[tuple[str, float]] = []  # empty tokens: pieces of the next token's character
+    pos = 0
+    for k, (tok, lp) in enumerate(toks):
+        if k == 0 and entries[0] is None:
+            pos += len(tok)
+            continue
+        if not tok:
+            pending.append((tok, lp))
+            continue
         end = pos + len(tok)
-        if end > start and pos < stop:
-            out.append((tok, lp))
+        if end > start:
+            out.extend(pending)
+            out.append((tok[max(0, start - pos):], lp))
+        pending = []
         pos = end
     return out
