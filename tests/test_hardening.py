@@ -293,3 +293,23 @@ def test_the_config_fingerprint_sees_the_model_files_hash(tmp_path):
     rb = FlipReward(f"gguf:{b}")
     assert ra.fingerprint() != rb.fingerprint()
     assert RewardConfig(backend=f"gguf:{a}").fingerprint() != ra.fingerprint()  # the hash is in
+
+
+def test_a_lone_surrogate_in_any_message_field_is_that_items_error():
+    fb = FakeBackend(lambda r: '{"INFERRED INSTRUCTION": "Name a color."}')
+    chat = _chat("user")
+    chat[0]["name"] = "bob\udc80"
+    ok, bad = FlipReward(fb).score([_chat("user"), chat], [None, None])
+    assert ok.error is None and "messages[0].name" in bad.error
+
+
+def test_closing_a_reward_closes_its_event_loop():
+    import warnings
+
+    rm = FlipReward(FakeBackend(lambda r: '{"INFERRED INSTRUCTION": "x"}'))
+    rm.score(["x"], ["y"])
+    loop = rm._portal._loop
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        rm.close()
+    assert loop.is_closed()

@@ -19,13 +19,16 @@ __all__ = ["Portal"]
 class Portal:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="fliprm-portal", daemon=True).start()
+                self._thread = threading.Thread(target=loop.run_forever, name="fliprm-portal",
+                                                daemon=True)
+                self._thread.start()
                 self._loop = loop
             return self._loop
 
@@ -34,6 +37,12 @@ class Portal:
 
     def close(self) -> None:
         with self._lock:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop = None
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()  # a stopped loop left open warns (ResourceWarning) when collected

@@ -57,7 +57,9 @@ def _messages(value: Any, field: str, where: str) -> list[Mapping[str, Any]]:
         for key in ("role", "content"):
             if not isinstance(m[key], str):
                 raise InputError(f"{where}: {field}[{j}].{key} must be a string")
-            _check_unicode(m[key], f"{field}[{j}].{key}", where)
+        for key, v in m.items():  # every text field (name, tool ids, ...), not just the two used
+            if isinstance(v, str):
+                _check_unicode(v, f"{field}[{j}].{key}", where)
     return list(value)
 
 
