@@ -60,15 +60,18 @@ def forcing_steps(
     if start >= len(ids):
         raise BadResponse("the forced text added no tokens to the prompt")
     logprobs: list[tuple[str, float]] = []
-    prompt_tokens = start
+    cached = None
     for k in range(start, len(ids)):
         body = {"prompt": ids[:k], "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
                 "logit_bias": [[ids[k], _BIAS]], "cache_prompt": not (exact and k == start)}
         reply = yield "/v1/completions", body
         logprobs.append((tokens[k][1], _read_logprob(reply, ids[k])))
+        if k == start:  # how much of the prompt llama.cpp's cache served (prefix reuse)
+            usage = reply.get("usage") or {}
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     return Completion(
-        text=forced, prompt_tokens=prompt_tokens, completion_tokens=len(logprobs),
-        finish_reason="stop", token_logprobs=logprobs,
+        text=forced, prompt_tokens=start, completion_tokens=len(logprobs),
+        finish_reason="stop", token_logprobs=logprobs, cached_prompt_tokens=cached,
         extra={"forced": "canonical-tokens"},
     )
 
