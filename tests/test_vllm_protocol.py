@@ -63,9 +63,10 @@ class StandIn:
     """An OpenAI-compatible server on 127.0.0.1 that answers like vLLM and keeps every body."""
 
     def __init__(self, reply: Callable[[dict[str, Any]], dict[str, Any]] = vllm_reply,
-                 models: dict[str, Any] | None = None) -> None:
+                 models: dict[str, Any] | None = None, drop_first_gets: int = 0) -> None:
         outer = self
         self.bodies: list[dict[str, Any]] = []
+        self.drop_gets = drop_first_gets
         models = models if models is not None else fixture("models.json")
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -78,6 +79,10 @@ class StandIn:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                if outer.drop_gets > 0:  # a server going away: the connection closes unanswered
+                    outer.drop_gets -= 1
+                    self.close_connection = True
+                    return
                 self._send(models)
 
             def do_POST(self) -> None:
@@ -128,6 +133,23 @@ def test_a_server_of_unknown_family_gets_a_likelihood_error_naming_the_setting()
     finally:
         srv.close()
     assert r.reward is None and "likelihood_mode" in r.error and srv.bodies == []
+
+
+def test_an_unreachable_server_is_not_remembered_as_of_unknown_family():
+    # The first GET /models dies (a vLLM restarting); the retry must ask again, not fall back
+    # to "generic" for good (which failed every likelihood item and sent prefixes unflagged).
+    srv = StandIn(drop_first_gets=1)
+    try:
+        rm = FlipReward(OpenAIBackend(base_url=srv.url, model="qwen05"), method="likelihood",
+                        max_retries=1)
+        rm.engine.backoff_s = 0.01
+        (r,) = rm.score(["Name the capital of France."], ["The capital of France is Paris."])
+        rm.close()
+    finally:
+        srv.close()
+    assert r.error is None, r.error
+    (body,) = srv.bodies
+    assert body["prompt_logprobs"] == 0 and body["continue_final_message"] is True
 
 
 # ---- silent bug 1: likelihood on vLLM -----------------------------------------------------------

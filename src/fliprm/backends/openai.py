@@ -133,18 +133,30 @@ class OpenAIBackend:
                 "schema_mode": self.schema_mode, "likelihood_mode": self.likelihood_mode}
 
     async def dialect(self) -> str:
-        """The server family, asked once from ``GET /models`` (``owned_by``)."""
+        """The server family, asked once from ``GET /models`` (``owned_by``).
+
+        A server that cannot be reached is not remembered as "generic" (a vLLM still starting
+        would otherwise lose its dialect for good): the call fails as unavailable and is
+        retried like any other.
+        """
         if self._dialect is None:
             found = "generic"
             try:
                 resp = await self._client().get("/models", timeout=min(10.0, self.timeout))
+            except httpx.TransportError as exc:
+                raise BackendUnavailable(
+                    f"{self.base_url}: GET /models: {type(exc).__name__}: {exc}") from exc
+            if resp.status_code in (502, 503, 504):  # a proxy in front of a server starting
+                raise ServerError(f"{self.base_url}: GET /models: HTTP {resp.status_code}",
+                                  status_code=resp.status_code)
+            try:
                 owners = {str(m.get("owned_by", "")).lower()
                           for m in resp.json().get("data", []) if isinstance(m, dict)}
                 if owners & {"vllm", "sglang"}:
                     found = "vllm"
                 elif owners & {"llamacpp", "llama.cpp"}:
                     found = "llamacpp"
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 pass
             self._dialect = found
         return self._dialect
