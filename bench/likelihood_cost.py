@@ -31,7 +31,7 @@ from _common import DATA_DIR, load_average, print_table  # noqa: E402
 
 from fliprm import RewardConfig  # noqa: E402
 from fliprm._types import GenerateRequest  # noqa: E402
-from fliprm.backends._chat import _gbnf_literal, read_reply  # noqa: E402
+from fliprm.backends._chat import read_reply  # noqa: E402
 from fliprm.backends.embedded import EmbeddedBackend  # noqa: E402
 from fliprm.methods import INSTRUCTION_KEY, Item, forced_logprobs, render  # noqa: E402
 from fliprm.neutralize import neutralize  # noqa: E402
@@ -55,7 +55,7 @@ def before(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
     messages.append({"role": "assistant", "content": req.assistant_prefix})
     text = forced + req.forced_suffix
     body = {"messages": messages, "max_tokens": 4 * len(text) + 8, "temperature": 0.0,
-            "grammar": "root ::= " + _gbnf_literal(text), "logprobs": True, "top_logprobs": 1,
+            "grammar": "root ::= " + json.dumps(text, ensure_ascii=False), "logprobs": True, "top_logprobs": 1,
             "n_probs": 1}
     t0 = time.perf_counter()
     reply, _ = backend._call(body)

@@ -49,13 +49,19 @@ def test_flip_over_http_matches_the_json_contract(llama_server):
     rm.close()
 
 
-def test_likelihood_over_http_with_llamacpp_grammar(llama_server):
-    backend = OpenAIBackend(base_url=llama_server, api_key=KEY, forced_decoding=True)
+def test_likelihood_over_http_on_llama_server_equals_the_embedded_one(llama_server, embedded_backend):
+    # llama-server gets the same token-by-token forcing as the embedded runtime
+    backend = OpenAIBackend(base_url=llama_server, api_key=KEY, likelihood_mode="forced")
     rm = FlipReward(backend, method="likelihood")
-    own, other = rm.score(["Name the capital of France.", "Write a poem about dogs."],
-                          ["The capital of France is Paris."] * 2)
+    pairs = (["Name the capital of France.", "Write a poem about dogs."],
+             ["The capital of France is Paris."] * 2)
+    own, other = rm.score(*pairs)
     assert own.reward > other.reward and own.logprob < 0
     rm.close()
+    local = FlipReward(embedded_backend, method="likelihood").score(*pairs)
+    for http, emb in zip((own, other), local):
+        assert http.extra["forced_tokens"] == emb.extra["forced_tokens"]
+        assert http.logprob == pytest.approx(emb.logprob, abs=0.05)
 
 
 def test_extra_body_is_passed_through(llama_server):

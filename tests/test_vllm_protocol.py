@@ -182,15 +182,15 @@ def test_likelihood_forced_mode_on_vllm_is_refused_not_scored(vllm):
     assert vllm.bodies == []
 
 
-def test_a_server_that_ignores_the_forcing_grammar_gives_an_error_not_a_reward(vllm):
-    # Told it is llama.cpp, the backend sends the grammar; the server (like vLLM) writes free
-    # text. Before: the free text's log-probs became the reward.
+def test_a_server_that_is_not_llamacpp_gives_an_error_not_a_reward_in_forced_mode(vllm):
+    # Told it is llama.cpp, the backend asks for llama.cpp's template and token endpoints; a
+    # server without them (here one answering like vLLM) is an error. Before: a one-string
+    # `grammar` was sent, vLLM ignored it and the free text's log-probs became the reward.
     r = likelihood(vllm.url, "Name the capital of France.", "The capital of France is Paris.",
                    dialect="llamacpp")
-    (body,) = vllm.bodies
-    assert body["grammar"] == 'root ::= "Name the capital of France.\\"}"'
+    assert all("grammar" not in b for b in vllm.bodies)
     assert r.reward is None and r.logprob is None
-    assert "did not follow the forcing grammar" in r.error
+    assert "/apply-template returned no prompt" in r.error
 
 
 def test_likelihood_span_with_a_character_split_over_two_tokens(vllm):

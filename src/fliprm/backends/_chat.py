@@ -16,11 +16,6 @@ from ..errors import BadResponse
 __all__ = ["build_body", "read_reply"]
 
 
-def _gbnf_literal(text: str) -> str:
-    # A GBNF string literal uses JSON-style escapes.
-    return json.dumps(text, ensure_ascii=False)
-
-
 #: server families whose request extensions differ
 DIALECTS = ("llamacpp", "vllm", "generic")
 
@@ -51,12 +46,13 @@ def build_body(
     * ``"generic"``: neither; a grammar is not sent, and an assistant prefix is sent as a
       plain trailing message (what the server does with it is its own).
 
-    Teacher forcing (``forced_text``) is written here only for llama.cpp (a grammar admitting
-    exactly one string, and the raw log-probability of every token it forces); on vLLM the
-    OpenAI backend scores the instruction from prompt log-probabilities instead, because a
-    ``structured_outputs`` grammar returns log-probabilities renormalised after its mask (a
-    forced token comes back at 0.0), which are not likelihoods.
+    Teacher forcing (``forced_text``) is not a chat body: on llama.cpp the instruction's own
+    tokens are forced one at a time (:mod:`._forcing`), on vLLM it is scored from prompt
+    log-probabilities (a ``structured_outputs`` grammar returns log-probabilities renormalised
+    after its mask: a forced token comes back at 0.0, not a likelihood).
     """
+    if request.forced_text is not None:
+        raise ValueError("a forced text is scored by the backend's likelihood path, not a chat body")
     messages: list[dict[str, str]] = [dict(m) for m in request.messages]
     body: dict[str, Any] = {
         "messages": messages,
@@ -80,16 +76,7 @@ def build_body(
             body["grammar"] = request.grammar
         elif dialect == "vllm":
             body["structured_outputs"] = {"grammar": request.grammar}
-    if request.forced_text is not None and dialect == "llamacpp":
-        # Teacher forcing on llama.cpp: a grammar that admits exactly one string, and the raw
-        # (pre-grammar) log-probability of every token it forces.
-        forced = request.forced_text + request.forced_suffix
-        body["grammar"] = "root ::= " + _gbnf_literal(forced)
-        body["logprobs"] = True
-        body["top_logprobs"] = 1
-        body["n_probs"] = 1
-        body["max_tokens"] = max(request.max_tokens, 4 * len(forced) + 8)
-    elif request.json_schema is not None and schema_mode != "off":
+    if request.json_schema is not None and schema_mode != "off":
         if schema_mode == "json_schema":
             body["json_schema"] = request.json_schema
         else:

@@ -27,6 +27,7 @@ from ..errors import (
     ServerError,
 )
 from ._chat import DIALECTS, build_body, read_reply
+from ._forcing import forcing_steps
 
 __all__ = ["OpenAIBackend"]
 
@@ -53,9 +54,9 @@ class OpenAIBackend:
             SGLang) or ``"generic"``; ``"auto"`` (default) asks ``GET /models`` once
             (``owned_by``) and falls back to ``"generic"``.
         likelihood_mode: how the likelihood method gets log p(instruction | response):
-            ``"forced"`` (llama.cpp: a grammar that admits only the instruction, and the raw
-            log-probability of every forced token; a reply that is not the instruction, from a
-            server that ignored the grammar, is an error; refused on a vLLM-dialect server),
+            ``"forced"`` (llama.cpp's server: the instruction's own tokens forced one at a time
+            with a logit bias, their raw log-probabilities read back, see :mod:`._forcing`; a
+            server without llama.cpp's endpoints is an error; refused on a vLLM-dialect server),
             ``"prompt_logprobs"`` (vLLM: the instruction ends a continued assistant message,
             the *server* applies the model's own chat template, and one request with
             ``prompt_logprobs`` returns the log-probability of every prompt token) or
@@ -187,16 +188,16 @@ class OpenAIBackend:
                 return await self._prompt_logprobs(request)
             if mode != "forced":
                 raise BadResponse(
-                    f"{self.base_url}: the likelihood method needs grammar-forced decoding "
-                    "(llama.cpp) or prompt log-probabilities (vLLM, SGLang); this server is "
+                    f"{self.base_url}: the likelihood method needs llama.cpp's token forcing "
+                    "or prompt log-probabilities (vLLM, SGLang); this server is "
                     "neither as far as GET /models tells: set likelihood_mode"
                 )
             if dialect == "vllm":
-                # vLLM ignores llama.cpp's `grammar`, and its own structured_outputs grammar
-                # returns log-probabilities renormalised after the mask: neither is a likelihood
+                # vLLM has no llama.cpp token endpoints, and its structured_outputs grammar
+                # returns log-probabilities renormalised after the mask: not a likelihood
                 raise BadResponse(
-                    f"{self.base_url}: likelihood_mode='forced' needs llama.cpp's grammar-forced "
-                    "decoding; this server is vLLM/SGLang (GET /models): use "
+                    f"{self.base_url}: likelihood_mode='forced' needs a llama.cpp server; "
+                    "this server is vLLM/SGLang (GET /models): use "
                     "likelihood_mode='prompt_logprobs' (or 'auto')"
                 )
             return await self._forced(request)
@@ -206,20 +207,21 @@ class OpenAIBackend:
         return read_reply(data, latency_s=latency, prefix=request.assistant_prefix)
 
     async def _forced(self, request: GenerateRequest) -> Completion:
-        """llama.cpp: a grammar that admits only the forced text, and the raw log-probability of
-        every token it forces. A server that ignores the grammar (vLLM, any server without
-        llama.cpp's extension) generates free text instead: that is an error, never a reward."""
-        body = build_body(request, model=self.model, schema_mode=self.schema_mode,
-                          extra_body=self.extra_body, dialect="llamacpp")
-        data, latency = await self._post("/chat/completions", body)
-        comp = read_reply(data, latency_s=latency, prefix=request.assistant_prefix)
-        forced = request.forced_text or ""
-        if not comp.text.startswith(forced):
-            raise BadResponse(
-                f"{self.base_url}: the server did not follow the forcing grammar (it wrote "
-                f"{comp.text[:60]!r} instead of the forced instruction): it does not support "
-                "llama.cpp's `grammar` field; for vLLM/SGLang use likelihood_mode='prompt_logprobs'"
-            )
+        """llama.cpp's server: the instruction's own tokens forced one at a time, their raw
+        log-probabilities read back (see :mod:`._forcing`; ``/apply-template``, ``/tokenize``
+        and ``/v1/completions`` live at the server's root). A server without those endpoints
+        (not llama.cpp) is an error, never a reward."""
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        steps = forcing_steps(request)
+        t0 = time.perf_counter()
+        reply: Any = None
+        try:
+            while True:
+                path, body = steps.send(reply)
+                reply, _ = await self._post(root + path, body)
+        except StopIteration as done:
+            comp: Completion = done.value
+        comp.latency_s = time.perf_counter() - t0
         return comp
 
     async def _prompt_logprobs(self, request: GenerateRequest) -> Completion:
