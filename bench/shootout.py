@@ -63,7 +63,10 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "flip-short-guard": ({"mask_echo": True}, "flip-short with the echo guard"),
     "likelihood-guard": ({"method": "likelihood", "mask_echo": True},
                          "likelihood with the echo guard"),
-    "rl": ({"preset": "rl"}, "the RL preset (fliprm serve, adapters)"),
+    "rl": ({"preset": "rl"}, "the RL default as shipped (fliprm serve, adapters): flip-short, "
+           "echo guard, parse failures None, 256 tokens, responses cut at 8,000 characters"),
+    "rl-noguard": ({"preset": "rl", "mask_echo": False}, "the RL default without the echo guard "
+                   "(the guard's cost on honest pairs)"),
     "flip-short-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b"}, "flip-short on the 1.5B model"),
     "likelihood-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b", "method": "likelihood"},
                         "likelihood on the 1.5B model"),
@@ -108,7 +111,9 @@ def load_items(name: str, n: int) -> list[dict[str, Any]]:
 def build_config(row: str, max_response_chars: int) -> RewardConfig:
     settings = dict(ROWS[row][0])
     preset = settings.pop("preset", "default")
-    settings.setdefault("max_response_chars", max_response_chars)
+    # a preset's own cut stays (the rl row measures the RL default as shipped)
+    if "max_response_chars" not in PRESETS[preset]:
+        settings.setdefault("max_response_chars", max_response_chars)
     return RewardConfig.preset(preset, **settings)
 
 
