@@ -45,7 +45,7 @@ from _common import (
 )
 
 from fliprm import FlipReward, ResponseCache
-from fliprm.config import RewardConfig, RuntimeOptions
+from fliprm.config import PRESETS, RewardConfig, RuntimeOptions
 
 #: row name -> RewardConfig settings (on top of the library default) and a description
 ROWS: dict[str, tuple[dict[str, Any], str]] = {
