@@ -53,3 +53,15 @@ def test_register_needs_open_instruct():
     pytest.importorskip("open_instruct", reason="open-instruct not installed")
     cls = register_with_open_instruct()
     assert cls.__name__ == "OpenInstructFlipVerifier"
+
+
+def test_every_fliprm_setting_is_a_flip_field_of_the_verifier_config():
+    # derived from the config objects: a new setting reaches open-instruct with no edit here
+    from fliprm.integrations._common import known_settings
+
+    names = {f"flip_{n}" for n in known_settings()}
+    assert names == set(FlipVerifierConfig.__dataclass_fields__)
+    args = type("Args", (), {"flip_method": "likelihood", "flip_mask_echo": False,
+                             "flip_template": "flip", "unrelated": 1})()
+    s = FlipVerifierConfig.from_args(args).settings()
+    assert (s.config.method, s.config.mask_echo, s.config.template) == ("likelihood", False, "flip")

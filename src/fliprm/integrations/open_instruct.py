@@ -12,10 +12,10 @@ real ``VerifierFunction`` (which is how open-instruct discovers verifiers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
-from ._common import FlipSettings, run_sync, score_batch
+from ._common import FlipSettings, known_settings, run_sync, score_batch
 
 __all__ = [
     "FlipVerifier",
@@ -34,33 +34,37 @@ class VerificationResult:
     reasoning: str | None = None
 
 
-@dataclass
-class FlipVerifierConfig:
+class _VerifierSettings:
     """Judge settings; ``None`` fields fall back to ``FLIPRM_*`` env vars.
 
-    ``from_args`` reads same-named attributes from open-instruct's argument objects, so a
-    launch script may add e.g. ``flip_server_url`` to its args; unknown names are ignored.
+    One field ``flip_<name>`` per fliprm setting (every :class:`~fliprm.config.RewardConfig`,
+    :class:`~fliprm.config.RuntimeOptions` and adapter option, derived, so a new setting needs
+    no edit here). ``from_args`` reads same-named attributes from open-instruct's argument
+    objects, so a launch script may add e.g. ``flip_server_url`` or ``flip_method`` to its args;
+    unknown names are ignored.
     """
 
-    flip_server_url: str | None = None
-    flip_backend: str | None = None
-    flip_base_url: str | None = None
-    flip_model: str | None = None
-    flip_max_tokens: int | None = None
-
     @classmethod
-    def from_args(cls, *sources: Any) -> FlipVerifierConfig:
+    def from_args(cls, *sources: Any) -> Any:
         values: dict[str, Any] = {}
         for src in sources:
-            for f in fields(cls):
+            for f in fields(cls):  # type: ignore[arg-type]
                 if src is not None and getattr(src, f.name, None) is not None:
                     values[f.name] = getattr(src, f.name)
         return cls(**values)
 
     def settings(self) -> FlipSettings:
         return FlipSettings.from_env(
-            **{f.name.removeprefix("flip_"): getattr(self, f.name) for f in fields(self)}
+            **{f.name.removeprefix("flip_"): getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         )
+
+
+FlipVerifierConfig = make_dataclass(
+    "FlipVerifierConfig",
+    [(f"flip_{name}", Any, field(default=None)) for name in sorted(known_settings())],
+    bases=(_VerifierSettings,),
+    namespace={"__doc__": _VerifierSettings.__doc__, "__module__": __name__},
+)
 
 
 def _label_text(label: Any) -> Any:
@@ -86,7 +90,7 @@ class FlipVerifier:
 
     def __init__(
         self,
-        verifier_config: FlipVerifierConfig | None = None,
+        verifier_config: Any = None,
         *,
         name: str = "general-flip",
         weight: float = 1.0,
@@ -145,7 +149,7 @@ def register_with_open_instruct() -> type:
         class OpenInstructFlipVerifier(FlipVerifier, VerifierFunction):  # type: ignore[misc,valid-type]
             result_cls = OIResult
 
-            def __init__(self, verifier_config: FlipVerifierConfig | None = None) -> None:
+            def __init__(self, verifier_config: Any = None) -> None:
                 FlipVerifier.__init__(self, verifier_config)
 
         _registered = OpenInstructFlipVerifier
