@@ -214,7 +214,7 @@ def test_a_ray_plan_records_the_inputs_identity_and_refuses_another(tmp_path):
     try:  # same row count, other content: refused (the README promised it; it was accepted)
         with pytest.raises(ConfigError, match="another input"):
             lock.check(plan_shards(b, 2), {"reward": {"t": 1}})
-        with pytest.raises(ConfigError, match=r"other settings \(t: 1 -> 2\)"):
+        with pytest.raises(ConfigError, match=r"other settings \(reward.t: 1 -> 2\)"):
             lock.check(plan_shards(a, 2), {"reward": {"t": 2}})
     finally:
         lock.release()

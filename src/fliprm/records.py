@@ -32,6 +32,7 @@ __all__ = [
     "OutputError",
     "ResultWriter",
     "check_manifest",
+    "compare_manifests",
     "input_identity",
     "manifest_path",
     "read_manifest",
@@ -417,22 +418,29 @@ def check_manifest(output: str | Path, manifest: dict[str, Any], *, merge: bool 
                 "to start it over"
             )
         return
-    how = "write to a new output, or pass --force to start this one over"
-    if "input" in manifest and old.get("input") and not _same_input(old["input"], manifest["input"]):
-        o, n = old["input"], manifest["input"]
+    compare_manifests(old, manifest, str(out), merge=merge,
+                      how="write to a new output, or pass --force to start this one over")
+
+
+def compare_manifests(old: dict[str, Any], new: dict[str, Any], where: str, *, how: str,
+                      merge: bool = False) -> None:
+    """Raise :class:`ConfigError` naming what differs between two manifests' inputs and settings
+    (shared by the JSONL outputs and the Ray plan)."""
+    if "input" in new and old.get("input") and not _same_input(old["input"], new["input"]):
+        o, n = old["input"], new["input"]
         raise ConfigError(
-            f"{out} holds results for another input ({o.get('path')}, {o.get('size')} bytes, "
+            f"{where} holds results for another input ({o.get('path')}, {o.get('size')} bytes, "
             f"sha256 {str(o.get('sha256'))[:12]}) than this run's ({n.get('path')}, "
             f"{n.get('size')} bytes, sha256 {str(n.get('sha256'))[:12]}); {how}"
         )
-    old_s, new_s = old.get("settings", {}), manifest.get("settings", {})
+    old_s, new_s = old.get("settings", {}), new.get("settings", {})
     for name in sorted(set(old_s) & set(new_s) if merge else set(old_s) | set(new_s)):
         if old_s.get(name) != new_s.get(name):
             diffs = describe_differences(old_s.get(name) or {}, new_s.get(name) or {},
                                          "" if merge else f"{name}.")
             label = f" for {name!r}" if merge else ""
             raise ConfigError(
-                f"{out} was written with other settings{label} ({'; '.join(diffs)}); {how}"
+                f"{where} was written with other settings{label} ({'; '.join(diffs)}); {how}"
             )
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import Fields, record_to_args
-from ..config import describe_differences
 from ..errors import ConfigError, InputError
-from ..records import input_identity
+from ..records import compare_manifests, input_identity
 from ..result import FlipResult
 
 __all__ = [
@@ -259,22 +258,11 @@ class PlanLock:
                 f.unlink()
         if old is not None:
             how = "use a new output folder, or --force to start this one over"
-            if old.get("input", {}).get("sha256") != ident["sha256"]:
-                o = old.get("input", {})
-                raise ConfigError(
-                    f"{self.path.parent} holds shards of another input ({o.get('path')}, "
-                    f"{o.get('size')} bytes, sha256 {str(o.get('sha256'))[:12]}; this run: "
-                    f"{ident['path']}, {ident['size']} bytes, sha256 {ident['sha256'][:12]}); {how}")
+            compare_manifests(old, meta, str(self.path.parent), how=how)
             for key in ("shard_size", "total_rows"):
                 if old.get(key) != meta[key]:
                     raise ConfigError(f"{self.path.parent} holds a run with another {key} "
                                       f"({old.get(key)!r} != {meta[key]!r}); {how}")
-            for key in sorted(set(old.get("settings", {})) | set(settings)):
-                if old.get("settings", {}).get(key) != settings.get(key):
-                    diffs = describe_differences(old.get("settings", {}).get(key) or {},
-                                                 settings.get(key) or {})
-                    raise ConfigError(f"{self.path.parent} was written with other settings "
-                                      f"({'; '.join(diffs)}); {how}")
             return
         blob = json.dumps(meta, indent=2, default=str).encode()
         os.ftruncate(self.fd, 0)
