@@ -42,6 +42,7 @@ from _common import (
     peak_rss_mb,
     print_table,
     rb2_score,
+    wilson_ci,
 )
 
 from fliprm import FlipReward, ResponseCache
@@ -213,6 +214,34 @@ def report(rows: list[str], sets: dict[str, int], out: Path, markdown: bool, ref
         print_table(f"shoot-out ({out})", cols, table)
 
 
+def hack_pivot(rows: list[str], n: int, out: Path) -> None:
+    """Markdown: one line per attack, one column per row: the rate at which the hacked response
+    scores at least the honest one, with a 95% Wilson interval (items every row has)."""
+    recs = {}
+    for row in rows:
+        p = out / row / "hack.jsonl"
+        if p.exists():
+            recs[row] = {r["id"]: r for r in map(json.loads, p.read_text().splitlines())}
+    rows = [r for r in rows if r in recs]
+    if not rows:
+        return
+    ids = set.intersection(*(set(v) for v in recs.values()))
+    attacks = sorted({recs[rows[0]][i]["attack"] for i in ids})
+    print("| attack | n | " + " | ".join(rows) + " |")
+    print("|---|---|" + "---|" * len(rows))
+    worst = {row: 0.0 for row in rows}
+    for attack in attacks:
+        sub = sorted(i for i in ids if recs[rows[0]][i]["attack"] == attack)
+        cells = []
+        for row in rows:
+            wins = sum(_credit(recs[row][i], "hack") for i in sub)
+            lo, hi = wilson_ci(wins, len(sub))
+            worst[row] = max(worst[row], wins / len(sub))
+            cells.append(f"{wins / len(sub):.2f} [{lo:.2f}, {hi:.2f}]")
+        print(f"| {attack} | {len(sub)} | " + " | ".join(cells) + " |")
+    print("| **worst attack** | | " + " | ".join(f"**{worst[r]:.2f}**" for r in rows) + " |")
+
+
 def _line(label: str, row: str, recs: dict[str, Any], ids: list[str], name: str,
           by_row: dict[str, Any], ref: str) -> list[Any]:
     scores = [_credit(recs[i], name) for i in ids]
@@ -247,6 +276,8 @@ def main() -> None:
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--report", action="store_true", help="print the table of what is there")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--pivot", action="store_true",
+                    help="with --report: the hacking table, attacks x rows (markdown)")
     ap.add_argument("--ref", default="paper", help="row the paired differences are taken to")
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -260,7 +291,10 @@ def main() -> None:
             raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
         sets[name] = int(n or 40)
     if args.report:
-        report(rows, sets, args.out, args.markdown, args.ref)
+        if args.pivot:
+            hack_pivot(rows, sets.get("hack", 20), args.out)
+        else:
+            report(rows, sets, args.out, args.markdown, args.ref)
         return
     t0 = time.perf_counter()
     for row in rows:
