@@ -75,8 +75,11 @@ def run_ray(inp: Path, out: Path, pairs: list[dict], settings: dict, backend_opt
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    s = score_file_ray(inp, out, backend_options=backend_options, num_actors=actors, num_cpus_per_actor=cpus / actors,
-                       batch_size=batch_size, shard_size=shard_size, reward_options=settings)
+    from fliprm import RewardConfig
+
+    config = RewardConfig(**settings, exact=bool(backend_options.get("reuse_prompt_cache") is False))
+    s = score_file_ray(inp, out, config=config, num_actors=actors, num_cpus_per_actor=cpus / actors,
+                       batch_size=batch_size, shard_size=shard_size)
     dt = time.perf_counter() - t0
     rows = sorted((r for f in sorted(out.glob("shard-*.parquet")) for r in pq.read_table(f).to_pylist()),
                   key=lambda r: r["line"])
