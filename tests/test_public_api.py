@@ -26,3 +26,16 @@ def test_core_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_no_test_folder_shadows_a_package():
+    # Regression: a tests/vllm folder (on sys.path through the test layout) made
+    # importlib.util.find_spec("vllm") succeed, so TRL believed vLLM was installed, read its
+    # version as "N/A" and failed to import GRPOTrainer.
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    shadowed = folders & {"vllm", "trl", "ray", "torch", "transformers", "datasets", "verl",
+                          "openrlhf", "open_instruct", "fliprm", "sglang", "accelerate"}
+    assert not shadowed

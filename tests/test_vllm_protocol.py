@@ -5,7 +5,7 @@ vLLM 0.32 replies (tests/fixtures/vllm/) the way vLLM answers: it ignores llama.
 Regression tests for two silent bugs: likelihood over the openai backend against vLLM sent
 llama.cpp's ``grammar`` and scored whatever free text came back; a trailing assistant message
 (the ``assistant_prefix``) was sent without ``continue_final_message``, so vLLM closed it and
-opened a new turn. The real server is exercised in tests/vllm (``-m vllm``).
+opened a new turn. The real server is exercised in tests/real_vllm (``-m vllm``).
 """
 
 from __future__ import annotations

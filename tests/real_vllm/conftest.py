@@ -2,7 +2,7 @@
 
 These tests run only when asked, because the server costs minutes and ~7 GB to start:
 
-* ``pytest -m vllm tests/vllm`` (a ``-m`` expression that selects ``vllm`` tests and not
+* ``pytest -m vllm tests/real_vllm`` (a ``-m`` expression that selects ``vllm`` tests and not
   unmarked ones), or ``FLIPRM_VLLM_TESTS=1`` (any selection);
 * anything else (the plain ``pytest -q``, ``-m "not model"``, ``-m model``) skips them, naming
   how to run them.
@@ -63,7 +63,7 @@ def _selected_by_markexpr(expr: str) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if REQUIRED or _selected_by_markexpr(config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="real-vLLM test: run with `pytest -m vllm tests/vllm` or "
+    skip = pytest.mark.skip(reason="real-vLLM test: run with `pytest -m vllm tests/real_vllm` or "
                             "FLIPRM_VLLM_TESTS=1 after `bash scripts/setup_vllm.sh` (~10 min)")
     for item in items:
         if item.get_closest_marker("vllm"):
