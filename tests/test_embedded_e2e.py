@@ -2,6 +2,7 @@
 true instruction than to an unrelated one)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -173,9 +174,11 @@ def test_readme_python_example_gives_plausible_instructions_and_rewards(embedded
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = readme.split("```python", 1)[1].split("```", 1)[0]
-    assert "from fliprm.cli.demo import PAIRS" in block or all(
-        json.dumps(y)[1:-1] in block for _, y in PAIRS)
+    joined = re.sub(r'"\s*\n\s*"', "", block)  # adjacent string literals, as Python joins them
+    shown = [(x, y) for x, y in PAIRS if json.dumps(y)[1:-1] in joined and x in joined]
+    assert len(shown) >= 2, "the README example must score the demo's pairs"
     rm = FlipReward(embedded_backend)
-    results = rm.score([x for x, _ in PAIRS], [y for _, y in PAIRS])
-    for r, words in zip(results, [("haiku", "poem"), ("sleep",), ("photosynthesis",)]):
-        assert _topic(r.inferred_instruction, *words) and r.reward > 0.0, r
+    topics = {PAIRS[0][0]: ("haiku", "poem"), PAIRS[1][0]: ("sleep",), PAIRS[2][0]: ("photosynthesis",)}
+    results = rm.score([x for x, _ in shown], [y for _, y in shown])
+    for (x, _), r in zip(shown, results):
+        assert _topic(r.inferred_instruction, *topics[x]) and r.reward > 0.0, r
