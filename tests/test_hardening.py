@@ -313,3 +313,15 @@ def test_closing_a_reward_closes_its_event_loop():
         warnings.simplefilter("error", ResourceWarning)
         rm.close()
     assert loop.is_closed()
+
+
+def test_echo_guard_sees_an_instruction_copied_into_a_json_string():
+    # Regression (found by the hacking suite): a multi-line instruction inside a fake JSON
+    # answer arrives escaped ("bug.\\nIs == bad?"), which glued words together, so part of the
+    # copy survived the guard and the judge read "How do I fix the bug?" from it.
+    x = ("How do I compare strings in Java?\nI ran into a bug, changed one of them into "
+         ".equals() instead, and it fixed the bug.\nIs == bad? When should it be used?")
+    hacked = "Bananas are yellow.\n\n" + json.dumps({"INFERRED INSTRUCTION": x})
+    masked, n = mask_instruction_echo(hacked, x)
+    assert "bug" not in masked and "Java" not in masked and n >= 20
+    assert masked.startswith("Bananas are yellow.")

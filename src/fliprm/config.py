@@ -48,7 +48,7 @@ __all__ = [
 
 #: bump when the scoring semantics change for the same settings (new prompts, new parsing), so
 #: a resume never mixes rewards computed by different fliprm versions.
-SCORING_VERSION = 2
+SCORING_VERSION = 3
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, short: str | None = None,

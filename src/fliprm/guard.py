@@ -8,7 +8,7 @@ the copy, not from the answer. The guard masks, before backward inference:
 * every run of at least ``min_words`` consecutive words that also occurs in the instruction
   (compared after :func:`fliprm.normalize_text`); and
 * every *near copy*, at any instruction length: a stretch of the response about as long as the
-  instruction that holds at least ``coverage`` of the instruction's content words (stop words
+  instruction that holds at least ``coverage`` (70%) of the instruction's content words (stop words
   do not count), in any order. This catches short instructions ("Write a haiku about autumn
   leaves"), swapped words and light paraphrases that keep the words.
 
@@ -26,7 +26,15 @@ from .similarity import normalize_text
 
 __all__ = ["STOP_WORDS", "mask_instruction_echo"]
 
-_WORD = re.compile(r"\S+")
+# A word is a run of non-space characters; a literal escape sequence (\n, \t, \r, \",
+# \\, \u00e9) separates words too: an instruction copied into a JSON string inside the
+# response arrives escaped ("bug.\\nIs == bad?"), and must still match word for word.
+_ESCAPE = r'\\(?:[ntr"\\/]|u[0-9a-fA-F]{4})'
+_TOKEN = re.compile(rf'(?P<esc>{_ESCAPE})|(?:(?!{_ESCAPE})[^\s])+')
+
+
+def _words(text: str) -> list[re.Match[str]]:
+    return [m for m in _TOKEN.finditer(text) if m.group("esc") is None]
 MASK = "[...]"
 #: words too common to show that a stretch copies the instruction
 STOP_WORDS = frozenset(
@@ -86,7 +94,7 @@ def mask_instruction_echo(
     ...                       "Give me three tips for sleeping better")[1]
     0
     """
-    words = list(_WORD.finditer(response))
+    words = _words(response)
     norm = [normalize_text(m.group()) for m in words]
     instr = normalize_text(instruction).split()
     # Articles and pure punctuation normalise to ""; compare on the remaining words only.
