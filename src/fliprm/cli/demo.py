@@ -71,4 +71,6 @@ def register(app: typer.Typer) -> None:
 
 def _clip(text: str, limit: int = 200) -> str:
     # a 0.5B model sometimes loops until max_tokens; the table shows the start of it
-    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
+    if len(text) <= limit + 40:  # "... [3 more chars]" would be longer than the rest
+        return text
+    return text[:limit] + f"... [{len(text) - limit} more chars]"
