@@ -107,7 +107,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    backend = EmbeddedBackend(n_threads=args.threads)
+    # No host-RAM prompt cache: it would hand whichever path runs second the other's prefill.
+    # The slot's own prefix reuse stays on (what scoring one response against several
+    # instructions really gets); a flush before each path's turn empties the slot.
+    backend = EmbeddedBackend(n_threads=args.threads, prompt_cache_mib=0)
     backend.start()
     print(f"load {load_average()}", file=sys.stderr)
     per: dict[str, dict[str, list[float]]] = {}

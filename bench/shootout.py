@@ -64,10 +64,14 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "flip-short-guard": ({"mask_echo": True}, "flip-short with the echo guard"),
     "likelihood-guard": ({"method": "likelihood", "mask_echo": True},
                          "likelihood with the echo guard"),
-    "rl": ({"preset": "rl"}, "the RL default as shipped (fliprm serve, adapters): flip-short, "
-           "echo guard, parse failures None, 256 tokens, responses cut at 8,000 characters"),
+    "rl": ({"preset": "rl"}, "the RL default as shipped (fliprm serve, adapters): pmi, echo "
+           "guard, responses cut at 8,000 characters"),
     "rl-noguard": ({"preset": "rl", "mask_echo": False}, "the RL default without the echo guard "
                    "(the guard's cost on honest pairs)"),
+    "rl-f1": ({"preset": "rl", "method": "f1"}, "the RL preset on the F1 path (flip-short, "
+              "echo guard, parse failures None, 256 tokens, 8,000 characters)"),
+    "rl-f1-noguard": ({"preset": "rl", "method": "f1", "mask_echo": False},
+                      "rl-f1 without the echo guard"),
     "flip-short-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b"}, "flip-short on the 1.5B model"),
     "likelihood-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b", "method": "likelihood"},
                         "likelihood on the 1.5B model"),

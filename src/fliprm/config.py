@@ -265,7 +265,7 @@ class RewardConfig(BaseModel):
 #: long responses are cut, and the echo guard is on.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "rl": {"parse_failure": "error", "max_tokens": 256, "max_response_chars": 8000,
+    "rl": {"method": "pmi", "parse_failure": "error", "max_tokens": 256, "max_response_chars": 8000,
            "mask_echo": True},
     "paper": {"template": "flip", "constrained": False, "parse_failure": "raw",
               "max_tokens": 512, "temperature": 0.0},

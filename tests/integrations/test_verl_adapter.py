@@ -56,6 +56,9 @@ async def test_async_batch_variant(fake_reward):
 async def test_reward_router_address_is_called_as_openai_chat(monkeypatch):
     """With verl's router, the judge is POSTed OpenAI chat JSON at http://{addr}/v1/chat/completions."""
     set_reward(None)
+    # the F1 path, which is a chat call (pmi, the RL default, is a completions call:
+    # tests/test_vllm_protocol.py)
+    monkeypatch.setenv("FLIPRM_METHOD", "f1")
     seen = []
 
     async def fake_post(self, url, json=None, **kw):

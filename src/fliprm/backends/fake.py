@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -86,6 +87,8 @@ def scripted_reply(req: GenerateRequest) -> Completion:
     Module level (not a closure) so it pickles by reference into Ray actors.
     """
     text = req.messages[-1]["content"]
+    if req.forced_text is not None:
+        return _scripted_forcing(req, text)
     props = (req.json_schema or {}).get("properties", {})
     n = len(text)
     answer: dict[str, Any] = {"REASONING": "scripted"}
@@ -99,3 +102,17 @@ def scripted_reply(req: GenerateRequest) -> Completion:
         answer["INFERRED INSTRUCTION"] = " ".join(text.split()[-12:])
     out = json.dumps(answer)
     return Completion(text=out, prompt_tokens=n // 4, completion_tokens=len(out) // 4)
+
+
+def _scripted_forcing(req: GenerateRequest, prompt: str) -> Completion:
+    """Teacher forcing for a dry run: a forced word the prompt contains costs -1 nat, any other
+    -3, so a response that names the instruction's words scores higher (likelihood, pmi) and
+    an empty response gives the baseline. Arbitrary numbers, never a model's."""
+    seen = set(re.findall(r"\w+", prompt.lower()))
+    forced = req.forced_text or ""
+    tokens = [(w, -1.0 if w.strip().lower() in seen else -3.0)
+              for w in re.findall(r"\s*\S+", forced)]
+    tokens += [(req.forced_suffix, -0.1)] if req.forced_suffix else []
+    text = (req.assistant_prefix or "") + forced + req.forced_suffix
+    return Completion(text=text, prompt_tokens=len(prompt) // 4, completion_tokens=len(tokens),
+                      token_logprobs=tokens)
