@@ -304,3 +304,21 @@ def test_presets_are_defined_once_and_valid():
         RewardConfig.preset(name)
     assert RewardConfig.preset("rl").parse_failure == "error"
     assert RewardConfig.preset("paper").template == "flip"
+
+
+def test_the_rl_default_is_pmi_with_the_echo_guard_on_every_rl_path(monkeypatch):
+    """bench/README.md's shoot-out set it: pmi beat F1 on IFBench and focus4, and with the
+    echo guard it held every copy attack at <= 0.10 at no IFBench cost. Adapters and the
+    server start from the one preset, and an env var still switches the method."""
+    from fliprm.integrations._common import FlipSettings
+
+    rl = RewardConfig.preset("rl")
+    assert (rl.method, rl.mask_echo) == ("pmi", True)
+    monkeypatch.delenv("FLIPRM_METHOD", raising=False)
+    assert FlipSettings.from_env().config == rl
+    monkeypatch.setenv("FLIPRM_METHOD", "f1")
+    assert FlipSettings.from_env().config.method == "f1"
+    # the dry-run backend can teacher-force, so `-b fake` runs the RL default end to end
+    rm = FlipReward("fake", config=rl)
+    own, other = rm.score(["Say hello to Bob"] * 2, ["Hello Bob, nice to meet you!", "Paris is big."])
+    assert own.error is None and own.reward > other.reward

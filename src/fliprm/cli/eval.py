@@ -24,7 +24,7 @@ def rewardbench2(
     subsets: Annotated[str | None, typer.Option(
         "--subsets", help="comma list (default: Focus,Factuality,Precise IF,Math; 'all' = every subset)")] = None,
     ties: Annotated[bool, typer.Option("--ties", help="add the Ties subset (weighted formula)")] = False,
-    methods: MethodsOpt = "flip,pointwise,pairwise,listwise,longest",
+    methods: MethodsOpt = "flip,flip-likelihood,pointwise,pairwise,listwise,longest",
     runs: Annotated[int, typer.Option("--runs", help="repeat each method; run r uses seed+r")] = 1,
     run_seed: Annotated[int, typer.Option("--run-seed", help="seed of run 0 (shuffles, tie-breaks)")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="first N items of each subset")] = None,

@@ -66,7 +66,7 @@ class FlipSettings:
 
     Every field of the three can come from an env var ``FLIPRM_<FIELD>`` (upper case), e.g.
     ``FLIPRM_BACKEND=openai``, ``FLIPRM_BASE_URL=http://127.0.0.1:8000/v1``,
-    ``FLIPRM_METHOD=likelihood``, ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``,
+    ``FLIPRM_METHOD=f1``, ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``,
     ``FLIPRM_SERVER_URL=http://127.0.0.1:8080`` (score on a ``fliprm serve``), and
     ``FLIPRM_PRESET`` picks another starting point.
 
