@@ -372,7 +372,9 @@ def test_openrlhf_http_against_real_fliprm_serve_cli(embedded_backend, tmp_path)
         assert empty.json()["rewards"] == []
         text = httpx.get(url + "/metrics").text
         assert _metric(text, "fliprm_items_total") == 1
-        assert _metric(text, "fliprm_backend_calls_total") == 1
+        # the RL default is pmi: the instruction teacher-forced after the response, and once
+        # more after an empty response (its baseline; memoised per instruction)
+        assert _metric(text, "fliprm_backend_calls_total") == 2
     finally:
         proc.terminate()
         proc.wait(30)
