@@ -261,12 +261,14 @@ class RewardConfig(BaseModel):
 
 
 #: Defaults per use, defined once. ``rl`` is what ``fliprm serve`` and every RL adapter start
-#: from: a failed parse is a None reward (the trainer skips the sample) rather than a guess,
-#: long responses are cut, and the echo guard is on.
+#: from: pmi with the echo guard (bench/README.md: above F1 on IFBench and focus4, and the guard
+#: holds the copy attacks that make raw likelihood trivially hackable, at no IFBench cost);
+#: long responses are cut; on the F1 path a failed parse is a None reward (the trainer skips
+#: the sample) rather than a guess.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "rl": {"method": "pmi", "parse_failure": "error", "max_tokens": 256, "max_response_chars": 8000,
-           "mask_echo": True},
+    "rl": {"method": "pmi", "mask_echo": True, "max_response_chars": 8000,
+           "parse_failure": "error", "max_tokens": 256},
     "paper": {"template": "flip", "constrained": False, "parse_failure": "raw",
               "max_tokens": 512, "temperature": 0.0},
 }
