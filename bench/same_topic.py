@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DATA_DIR, bootstrap_ci, paired_bootstrap_diff, rb2_score  # noqa: E402
+from _common import (  # noqa: E402
+    DATA_DIR,
+    _read_jsonl,
+    bootstrap_ci,
+    paired_bootstrap_diff,
+    rb2_score,
+)
 
 from fliprm import f1_score  # noqa: E402
 
@@ -34,8 +39,7 @@ FILES = {"focus4": "alpacaeval_focus4.jsonl", "pref4": "alpacaeval_pref4.jsonl"}
 
 
 def _rows(name: str) -> list[dict]:
-    with (DATA_DIR / FILES[name]).open(encoding="utf-8") as f:
-        return [json.loads(x) for x in f if x.strip()]
+    return _read_jsonl(DATA_DIR / FILES[name])
 
 
 def _cands(r: dict) -> list[str]:
@@ -54,10 +58,10 @@ def lengths(row: str, out: Path, cut: int) -> None:
     for r, rec in pairs:
         lens = [min(len(c), cut) for c in _cands(r)]
         rw = [-1.0 if x is None else x for x in rec["rewards"]]
-        ml, mr = statistics.fmean(lens), statistics.fmean(rw)
-        den = math.sqrt(sum((a - ml) ** 2 for a in lens) * sum((b - mr) ** 2 for b in rw))
-        if den:
-            corr.append(sum((a - ml) * (b - mr) for a, b in zip(lens, rw)) / den)
+        try:
+            corr.append(statistics.correlation(lens, rw))
+        except statistics.StatisticsError:  # equal lengths or rewards: no correlation defined
+            pass
     chosen_r = [rec["rewards"][0] for _, rec in pairs if rec["rewards"][0] is not None]
     rejected_r = [x for _, rec in pairs for x in rec["rewards"][1:] if x is not None]
     print(f"[{row}] pref4, {len(pairs)} items: median length chosen {statistics.median(chosen_len):.0f}"
