@@ -14,6 +14,34 @@ _REWARD_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count."""
+
+    bounds: tuple[float, ...]
+    buckets: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.buckets = self.buckets or [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        for i, le in enumerate(self.bounds):
+            if value <= le:
+                self.buckets[i] += 1
+
+    def lines(self, name: str, help_: str) -> list[str]:
+        """The exposition-format lines of this histogram under ``name``."""
+        out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        out += [f'{name}_bucket{{le="{le:g}"}} {n}' for le, n in zip(self.bounds, self.buckets)]
+        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum:g}",
+                f"{name}_count {self.count}"]
+        return out
+
+
+@dataclass
 class Metrics:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
     items: int = 0
@@ -23,24 +51,16 @@ class Metrics:
     cancelled_items: int = 0
     batch_items_sum: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS))
-    latency_sum: float = 0.0
-    latency_count: int = 0
+    latency: Histogram = field(default_factory=lambda: Histogram(_BUCKETS))
     parse_failures: int = 0
     truncated: int = 0
     echo_masked: int = 0
     markup_defused: int = 0
-    reward_buckets: list[int] = field(default_factory=lambda: [0] * len(_REWARD_BUCKETS))
-    reward_sum: float = 0.0
-    reward_count: int = 0
+    reward: Histogram = field(default_factory=lambda: Histogram(_REWARD_BUCKETS))
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
-        self.latency_sum += seconds
-        self.latency_count += 1
-        for i, le in enumerate(_BUCKETS):
-            if seconds <= le:
-                self.latency_buckets[i] += 1
+        self.latency.observe(seconds)
 
     def record_batch(self, results: Sequence[Any], seconds: float) -> None:
         """Count a scored batch: what an operator watches for reward collapse or hacking."""
@@ -54,11 +74,7 @@ class Metrics:
             self.echo_masked += bool(r.extra.get("echo_masked_words"))
             self.markup_defused += bool(r.extra.get("markup_defused"))
             if r.reward is not None and r.error is None:
-                self.reward_sum += r.reward
-                self.reward_count += 1
-                for i, le in enumerate(_REWARD_BUCKETS):
-                    if r.reward <= le:
-                        self.reward_buckets[i] += 1
+                self.reward.observe(r.reward)
 
     def render(self, gauges: dict[str, float], engine: Callable[[], dict[str, int]],
                closed: Mapping[str, int] | None = None) -> str:
@@ -123,18 +139,7 @@ class Metrics:
             metric(name, "gauge", name.replace("_", " ") + ".", [("", value)])
         for name, value in engine().items():
             metric(f"backend_{name}_total", "counter", f"Engine {name}.", [("", value)])
-        cum = [(f'{{le="{le:g}"}}', float(n)) for le, n in zip(_BUCKETS, self.latency_buckets)]
-        cum.append(('{le="+Inf"}', float(self.latency_count)))
-        out.append("# HELP fliprm_request_latency_seconds Request latency.")
-        out.append("# TYPE fliprm_request_latency_seconds histogram")
-        out.extend(f"fliprm_request_latency_seconds_bucket{lb} {v:g}" for lb, v in cum)
-        out.append(f"fliprm_request_latency_seconds_sum {self.latency_sum:g}")
-        out.append(f"fliprm_request_latency_seconds_count {self.latency_count}")
-        cum = [(f'{{le="{le:g}"}}', float(n)) for le, n in zip(_REWARD_BUCKETS, self.reward_buckets)]
-        cum.append(('{le="+Inf"}', float(self.reward_count)))
-        out.append("# HELP fliprm_reward Rewards of scored items (collapse or hacking shows here).")
-        out.append("# TYPE fliprm_reward histogram")
-        out.extend(f"fliprm_reward_bucket{lb} {v:g}" for lb, v in cum)
-        out.append(f"fliprm_reward_sum {self.reward_sum:g}")
-        out.append(f"fliprm_reward_count {self.reward_count}")
+        out.extend(self.latency.lines("fliprm_request_latency_seconds", "Request latency."))
+        out.extend(self.reward.lines("fliprm_reward",
+                                     "Rewards of scored items (collapse or hacking shows here)."))
         return "\n".join(out) + "\n"
