@@ -23,3 +23,62 @@ class Borrowed:
 
     async def aclose(self) -> None:
         return None
+
+
+def chat_reply(content: str, usage: bool = True) -> dict:
+    """An OpenAI chat-completions reply whose message is ``content``."""
+    reply: dict = {"choices": [{"message": {"content": content}, "finish_reason": "stop"}]}
+    if usage:
+        reply["usage"] = {"prompt_tokens": 10, "completion_tokens": 5}
+    return reply
+
+
+class OpenAIStandIn:
+    """A real HTTP server on 127.0.0.1 standing in for an OpenAI-compatible engine: every POST
+    body is kept in ``bodies`` and answered with ``reply(body)``; GET answers ``models`` (404
+    when None). ``drop_first_gets`` closes that many GETs unanswered (a server going away)."""
+
+    def __init__(self, reply, models=None, drop_first_gets: int = 0) -> None:
+        import http.server
+        import json
+        import threading
+
+        outer = self
+        self.bodies: list[dict] = []
+        self.drop_gets = drop_first_gets
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, obj) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if outer.drop_gets > 0:
+                    outer.drop_gets -= 1
+                    self.close_connection = True
+                    return
+                if models is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self._send(models)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                self._send(reply(body))
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

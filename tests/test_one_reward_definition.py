@@ -18,6 +18,7 @@ from fliprm.backends.fake import FakeBackend
 from fliprm.cli.main import _register, app
 from fliprm.config import PRESETS, RuntimeOptions
 from fliprm.errors import ConfigError
+from helpers_fliprm import OpenAIStandIn, chat_reply
 
 FIX = Path(__file__).parent / "fixtures"
 CUT = '{"INFERRED INSTRUCTION": "The user asked about cats, and the response provided'
@@ -209,37 +210,14 @@ def test_cli_version():
 
 
 def test_cli_extra_body_reaches_the_server_and_the_fingerprint(tmp_path):
-    import http.server
-    import threading
-
-    bodies: list[dict] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            reply = json.dumps({"choices": [{"message": {
-                "content": '{"INFERRED INSTRUCTION": "x"}'}, "finish_reason": "stop"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def do_GET(self) -> None:
-            self.send_response(404)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = OpenAIStandIn(lambda body: chat_reply('{"INFERRED INSTRUCTION": "x"}', usage=False))
+    bodies = srv.bodies
     try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        url = srv.url
         res = cli("score", "-i", "x", "-r", "y", "-b", "openai:m", "--base-url", url, "--no-cache",
                   "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}')
     finally:
-        srv.shutdown()
+        srv.close()
     assert res.exit_code == 0, res.output
     assert bodies[-1]["chat_template_kwargs"] == {"enable_thinking": False}
     # a cached answer made with one extra body is never served for another

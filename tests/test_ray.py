@@ -17,6 +17,7 @@ from fliprm.batch import Fields, score_file
 from fliprm.config import RewardConfig, RuntimeOptions
 from fliprm.scale import plan_shards, shard_path
 from fliprm.scale._shards import read_shard
+from helpers_fliprm import OpenAIStandIn, chat_reply
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -182,46 +183,13 @@ def test_embedded_rewards_equal_single_machine_and_resume_redoes_only_missing_sh
                           progress=False).shards_skipped == 3
 
 
-class _Replica:
-    """A stand-in OpenAI-compatible server on 127.0.0.1 that counts the requests it gets."""
-
-    def __init__(self, reply: str) -> None:
-        import http.server
-        import threading
-
-        outer = self
-        self.requests = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests += 1
-                body = json.dumps({"choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.mark.slow
 def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
     from fliprm.scale import score_file_ray
     from fliprm.scale._ray import FlipBatchScorer, _url_pool
 
     reply = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "What is the capital of Japan?"})
-    replicas = [_Replica(reply), _Replica(reply)]
+    replicas = [OpenAIStandIn(lambda body: chat_reply(reply)) for _ in range(2)]
     urls = [r.url for r in replicas]
     try:
         # Each scorer built with the pool takes the next URL: two actors, two replicas.
@@ -238,7 +206,7 @@ def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
         assert rows[0]["reward"] == 1.0  # the inferred instruction is PAIRS[0]'s, word for word
         # the model is its name, not the replica that served it: replicas are interchangeable
         assert {r["model"] for r in rows} == {"m"}
-        assert sum(r.requests for r in replicas) == 5
+        assert sum(len(r.bodies) for r in replicas) == 5
     finally:
         for r in replicas:
             r.close()

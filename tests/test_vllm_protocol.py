@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import http.server
 import json
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 
 from fliprm import FlipReward
+from helpers_fliprm import OpenAIStandIn
 from fliprm._types import FLIP_REASONING_MAX_CHARS, GenerateRequest
 from fliprm.backends._chat import build_body, read_reply
 from fliprm.backends.openai import OpenAIBackend, span_logprobs
@@ -59,47 +58,11 @@ def vllm_reply(body: dict[str, Any]) -> dict[str, Any]:
     return fixture("old_forced_reply.json")
 
 
-class StandIn:
-    """An OpenAI-compatible server on 127.0.0.1 that answers like vLLM and keeps every body."""
-
-    def __init__(self, reply: Callable[[dict[str, Any]], dict[str, Any]] = vllm_reply,
-                 models: dict[str, Any] | None = None, drop_first_gets: int = 0) -> None:
-        outer = self
-        self.bodies: list[dict[str, Any]] = []
-        self.drop_gets = drop_first_gets
-        models = models if models is not None else fixture("models.json")
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _send(self, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if outer.drop_gets > 0:  # a server going away: the connection closes unanswered
-                    outer.drop_gets -= 1
-                    self.close_connection = True
-                    return
-                self._send(models)
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                self._send(reply(body))
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def StandIn(reply: Callable[[dict[str, Any]], dict[str, Any]] = vllm_reply,
+            models: dict[str, Any] | None = None, drop_first_gets: int = 0) -> OpenAIStandIn:
+    """A server on 127.0.0.1 that answers like vLLM (its model list included)."""
+    return OpenAIStandIn(reply, models if models is not None else fixture("models.json"),
+                         drop_first_gets)
 
 
 @pytest.fixture
