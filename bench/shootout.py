@@ -87,14 +87,15 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_items(name: str, n: int) -> list[dict[str, Any]]:
+def load_items(name: str, n: int, attacks: set[str] | None = None) -> list[dict[str, Any]]:
     """Items as ``{id, prompts: [...], responses: [...], labels?}``: candidate j is
-    ``(prompts[j], responses[j])``; candidate 0 is the right one (focus4, pref4, ifbench)."""
+    ``(prompts[j], responses[j])``; candidate 0 is the right one (focus4, pref4, ifbench).
+    ``attacks`` keeps only those hacking attacks (all when None)."""
     if name == "hack":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from hacking import hack_items
 
-        return hack_items(n)
+        return [it for it in hack_items(n) if attacks is None or it["attack"] in attacks]
     rows = _rows(DATA_DIR / SETS[name])
     if name == "ifbench":
         rows = rows[:n]
@@ -144,7 +145,8 @@ async def score_item(rm: FlipReward, item: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: int) -> None:
+def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: int,
+            attacks: set[str] | None = None) -> None:
     cfg = build_config(row, max_chars)
     # an in-memory cache: a response scored against several prompts costs one FLIP call
     rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads),
@@ -160,7 +162,7 @@ def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: 
         path = folder / f"{name}.jsonl"
         done = {json.loads(x)["id"] for x in path.read_text().splitlines() if x.strip()} \
             if path.exists() else set()
-        todo = [it for it in load_items(name, n) if it["id"] not in done]
+        todo = [it for it in load_items(name, n, attacks) if it["id"] not in done]
         print(f"[{row}] {name}: {len(done)} done, {len(todo)} to score (load {load_average()})",
               file=sys.stderr, flush=True)
         with path.open("a", encoding="utf-8") as f:
@@ -283,6 +285,8 @@ def main() -> None:
     ap.add_argument("--pivot", action="store_true",
                     help="with --report: the hacking table, attacks x rows (markdown)")
     ap.add_argument("--ref", default="paper", help="row the paired differences are taken to")
+    ap.add_argument("--attacks", default="",
+                    help="with --sets hack=N: only these attacks (comma-separated; default all)")
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
@@ -300,9 +304,10 @@ def main() -> None:
         else:
             report(rows, sets, args.out, args.markdown, args.ref)
         return
+    attacks = {a.strip() for a in args.attacks.split(",") if a.strip()} or None
     t0 = time.perf_counter()
     for row in rows:
-        run_row(row, sets, args.out, args.threads, args.max_response_chars)
+        run_row(row, sets, args.out, args.threads, args.max_response_chars, attacks)
     print(f"done in {time.perf_counter() - t0:.0f} s; peak RSS {peak_rss_mb():.0f} MB",
           file=sys.stderr)
 
