@@ -211,6 +211,13 @@ def report(rows: list[str], sets: dict[str, int], out: Path, markdown: bool, ref
                     table.append(_line(f"hack:{attack}", row, recs, sub, "hack", by_row, ref))
                 continue
             table.append(_line(name, row, recs, ids, name, by_row, ref))
+        if name == "bon8" and ids:  # what a reranker's mean preference is to be read against
+            labels = [next(iter(by_row.values()))[i]["labels"] for i in ids]
+            for what, pick in (("random pick (expected)", lambda ls: sum(ls) / len(ls)),
+                               ("oracle", max)):
+                scores = [float(pick(ls)) for ls in labels]
+                table.append([name, what, len(ids), f"{sum(scores) / len(scores):.3f}",
+                              *["-"] * (len(cols) - 4)])
     if markdown:
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))
