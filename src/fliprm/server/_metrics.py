@@ -18,12 +18,12 @@ class Histogram:
     """A Prometheus histogram: cumulative bucket counts, sum and count."""
 
     bounds: tuple[float, ...]
-    buckets: list[int] = field(default_factory=list)
+    buckets: list[int] = field(init=False)
     sum: float = 0.0
     count: int = 0
 
     def __post_init__(self) -> None:
-        self.buckets = self.buckets or [0] * len(self.bounds)
+        self.buckets = [0] * len(self.bounds)
 
     def observe(self, value: float) -> None:
         self.sum += value
