@@ -7,11 +7,16 @@ import random
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._types import Completion, GenerateRequest
 from .backends import Backend
 from .cache import ResponseCache, cache_key, cacheable_request
 from .errors import BackendError, BackendTimeout, RateLimited
+
+if TYPE_CHECKING:
+    from .config import RuntimeOptions
 
 __all__ = ["Engine", "EngineStats"]
 
@@ -60,6 +65,41 @@ class Engine:
         # Identical deterministic requests in flight share one call (GRPO groups often repeat a
         # completion; a response scored against several instructions repeats the FLIP call).
         self._inflight: dict[tuple[int, str], asyncio.Future[Completion]] = {}
+
+    @classmethod
+    def from_runtime(
+        cls,
+        backend: Backend,
+        runtime: RuntimeOptions,
+        *,
+        cache: ResponseCache | str | Path | None = None,
+    ) -> Engine:
+        """The Engine every caller builds: retries, concurrency, deadline and cache from
+        ``runtime`` (:class:`~fliprm.config.RuntimeOptions`), so ``--max-retries``,
+        ``--total-timeout`` and ``--cache`` mean the same in ``score``, ``eval``, ``rerank``,
+        the server and the library.
+
+        ``cache``: a :class:`ResponseCache` or a path to one; without it ``runtime.cache``
+        (a path) is used, if set.
+
+        >>> from fliprm.backends.fake import FakeBackend
+        >>> from fliprm.config import RuntimeOptions
+        >>> Engine.from_runtime(FakeBackend([]), RuntimeOptions(max_retries=0)).max_retries
+        0
+        """
+        if isinstance(cache, (str, Path)):
+            cache = ResponseCache(cache)
+        elif cache is None and runtime.cache:
+            cache = ResponseCache(runtime.cache)
+        return cls(backend, max_retries=runtime.max_retries,
+                   max_concurrency=runtime.concurrency, total_timeout=runtime.total_timeout,
+                   cache=cache)
+
+    async def aclose(self) -> None:
+        """Close the backend and the cache (the Engine's owner calls this once, at the end)."""
+        await self.backend.aclose()
+        if self.cache is not None:
+            self.cache.close()
 
     def _sem(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -148,6 +148,8 @@ class ResultWriter:
       redone; a line that is not one of ours (a foreign file) is never touched: the run is
       refused. Error records already in the file are counted (:attr:`errors_before`) and, with
       ``retry_errors``, dropped so their items are redone: one record per key either way.
+      ``retry_errors`` may be a predicate: only the error records it accepts are dropped (a
+      folder shared by several methods redoes the failures of the methods being run).
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "out.jsonl")
@@ -162,7 +164,7 @@ class ResultWriter:
         path: str | Path,
         *,
         key_field: str = "line",
-        retry_errors: bool = False,
+        retry_errors: bool | Callable[[dict[str, Any]], bool] = False,
         manifest: dict[str, Any] | None = None,
         force: bool = False,
         merge: bool = False,
@@ -220,7 +222,7 @@ class ResultWriter:
 
     # ---- resume ---------------------------------------------------------------------------------
 
-    def _recover(self, retry_errors: bool) -> None:
+    def _recover(self, retry_errors: bool | Callable[[dict[str, Any]], bool]) -> None:
         if not self.path.is_file():
             return  # new output, or a device like /dev/full: nothing to resume
         with open(self.path, "rb") as f:
@@ -254,7 +256,7 @@ class ResultWriter:
                 with open(self.path, "ab") as f:
                     f.write(b"\n")
             if obj.get("error"):
-                if retry_errors:
+                if retry_errors(obj) if callable(retry_errors) else retry_errors:
                     dropped = True
                     continue
                 self.errors_before += 1

@@ -140,17 +140,7 @@ class FlipReward:
         self.family = self.config.family()
         self.method = get_method(self.config)
         self.constrained = self.config.constrained and self.backend.supports_json_schema
-        if isinstance(cache, (str, Path)):
-            cache = ResponseCache(cache)
-        elif cache is None and self.runtime.cache and engine is None:
-            cache = ResponseCache(self.runtime.cache)
-        self.engine = engine or Engine(
-            self.backend,
-            max_retries=self.runtime.max_retries,
-            max_concurrency=self.runtime.concurrency,
-            total_timeout=self.runtime.total_timeout,
-            cache=cache,
-        )
+        self.engine = engine or Engine.from_runtime(self.backend, self.runtime, cache=cache)
         self._portal = Portal()
 
     @property
@@ -231,12 +221,15 @@ class FlipReward:
             msg = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
             return FlipResult(reward=None, error=msg, **base)
         except FlipError as exc:
+            # error_type: the call failed (worth a retry), as opposed to an unusable input
             return FlipResult(reward=None, error=f"{where}: {type(exc).__name__}: {exc}",
-                              latency_s=time.perf_counter() - t0, **base)
+                              latency_s=time.perf_counter() - t0,
+                              extra={"error_type": type(exc).__name__}, **base)
         except Exception as exc:  # noqa: BLE001 - one item's bug must not fail the batch
             return FlipResult(reward=None, error=f"{where}: internal error: "
                               f"{type(exc).__name__}: {exc}",
-                              latency_s=time.perf_counter() - t0, **base)
+                              latency_s=time.perf_counter() - t0,
+                              extra={"error_type": type(exc).__name__}, **base)
         res.model = self.backend.model_id
         res.latency_s = time.perf_counter() - t0
         return res

@@ -6,10 +6,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ..backends import Backend, build_backend
+from ..backends import build_backend
+from ..engine import Engine
 from ..errors import ConfigError
 from ..judges import JUDGES, Judge, LongestJudge
+from ._config_options import err
 
 MethodsOpt = Annotated[str, typer.Option(
     "--methods", help=f"comma list of {','.join(JUDGES)} (flip = backward inference + word F1; "
@@ -18,6 +21,27 @@ MethodsOpt = Annotated[str, typer.Option(
 
 #: flags the judges take from the shared reward definition; --method is --methods' job here
 EXCLUDE = ("method",)
+
+RetryErrorsOpt = Annotated[bool, typer.Option(
+    "--retry-errors", help="redo the records whose judge calls failed in an earlier run")]
+
+
+def report_failures(records: list[dict[str, Any]]) -> int:
+    """Print how many records failed (judge calls that errored) and the first errors; return
+    the count. The caller exits 1 when it is not 0, as ``fliprm score`` does."""
+    failed = [r for r in records if r.get("error")]
+    if failed:
+        by_method: dict[str, int] = {}
+        for r in failed:
+            by_method[r.get("method", "?")] = by_method.get(r.get("method", "?"), 0) + 1
+        counts = ", ".join(f"{m}: {k} failed" for m, k in by_method.items())
+        err.print(f"[red]error:[/red] {len(failed)} of {len(records)} records have failed judge "
+                  f"calls and no verdict ({escape(counts)})", soft_wrap=True)
+        for r in failed[:3]:
+            err.print(f"[red]error:[/red] {escape(str(r.get('id')))}: {escape(str(r['error']))}",
+                      soft_wrap=True)
+        err.print("rerun with --retry-errors to redo the failed records")
+    return len(failed)
 
 
 def parse_methods(methods: str) -> list[str]:
@@ -29,11 +53,14 @@ def parse_methods(methods: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def judges_for(settings: Any, names: list[str]) -> tuple[Backend | None, Callable[[str, int], Judge]]:
-    """The backend (None when only ``longest`` runs: no model needed) and ``make(method, seed)``."""
+def judges_for(settings: Any, names: list[str]) -> tuple[Engine | None, Callable[[str, int], Judge]]:
+    """The Engine the judges share (None when only ``longest`` runs: no model needed) and
+    ``make(method, seed)``. The Engine takes --max-retries, --total-timeout, --concurrency and
+    --cache from ``settings``, as ``fliprm score``'s does; the caller closes it."""
     from ..eval._common import judge_factory
 
     if not set(names) - {"longest"}:
         return None, lambda method, seed: LongestJudge(seed=seed)
     backend = build_backend(settings.config, settings.runtime)
-    return backend, judge_factory(backend, settings.config)
+    make = judge_factory(backend, settings.config, runtime=settings.runtime, cache=settings.cache)
+    return make.engine, make

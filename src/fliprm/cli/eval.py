@@ -10,13 +10,21 @@ import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._eval_common import (
+    EXCLUDE,
+    MethodsOpt,
+    RetryErrorsOpt,
+    judges_for,
+    parse_methods,
+    report_failures,
+)
 
 eval_app = typer.Typer(help="Evaluate FLIP against judge baselines.", no_args_is_help=True)
 
 
 @eval_app.command("rewardbench2")
-@reward_options(preset="default", exclude=EXCLUDE)
+# no default cache: a rerun served from a cache would report near-zero seconds per item
+@reward_options(preset="default", exclude=EXCLUDE, default_cache=False)
 def rewardbench2(
     settings: CliSettings,
     data: Annotated[Path | None, typer.Option(
@@ -30,15 +38,19 @@ def rewardbench2(
     limit: Annotated[int | None, typer.Option("--limit", help="first N items of each subset")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rewardbench2"),
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
+    retry_errors: RetryErrorsOpt = False,
 ) -> None:
     """Judge each item's chosen + rejected answers with every method; write per-item JSONL
-    (resumable: a rerun skips finished (method, run, item)), report.md, results.json, plots."""
+    (resumable: a rerun skips finished (method, run, item)), report.md, results.json, plots.
+
+    A record whose judge calls failed is an error record: left out of the accuracy, counted,
+    and the exit code is 1; --retry-errors redoes them."""
     from ..eval.rb2_data import DEFAULT_SUBSETS, HUB_DATASET, load_items
     from ..eval.rb2_report import write_report
     from ..eval.rewardbench2 import arun_rewardbench2, stderr_progress
     from ..records import input_identity, read_records
 
-    be = None
+    engine = None
     try:
         names = parse_methods(methods)
         wanted: list[str] | None = list(DEFAULT_SUBSETS)
@@ -51,8 +63,8 @@ def rewardbench2(
         items = load_items(data, subsets=wanted, limit=limit)
         typer.echo(f"{len(items)} items; methods: {', '.join(names)}; runs: {runs}", err=True)
         records_path = out / "records.jsonl"
-        be, make = judges_for(settings, names)
-        conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
+        engine, make = judges_for(settings, names)
+        conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
         ident = input_identity(data) if data else {"path": HUB_DATASET, "sha256": None}
 
         async def main() -> None:
@@ -60,10 +72,10 @@ def rewardbench2(
                 await arun_rewardbench2(items, make, names, runs=runs, seed=run_seed,
                                         out=records_path, concurrency=conc,
                                         progress=stderr_progress, input_identity=ident,
-                                        force=force)
+                                        force=force, retry_errors=retry_errors)
             finally:
-                if be is not None:
-                    await be.aclose()
+                if engine is not None:
+                    await engine.aclose()
 
         asyncio.run(main())
         # Report on the current selection only (the file may hold other methods or items).
@@ -77,9 +89,13 @@ def rewardbench2(
     except FlipError as exc:
         fail(str(exc))
     for name, m in summary["methods"].items():
-        typer.echo(f"{name:16s} accuracy {m['accuracy'] * 100:5.1f}%  tie rate "
-                   f"{m['tie_rate'] * 100:5.1f}%  {m['seconds_per_item']:.1f} s/item")
+        acc = "  n/a" if m["n_scored"] == 0 else f"{m['accuracy'] * 100:5.1f}"
+        typer.echo(f"{name:16s} accuracy {acc}%  tie rate "
+                   f"{m['tie_rate'] * 100:5.1f}%  {m['seconds_per_item']:.1f} s/item  "
+                   f"({m['n_scored']} scored, {m['n_failed']} failed)")
     typer.echo(f"report: {out / 'report.md'}")
+    # the records of this selection, this run's and earlier runs' (as `fliprm score` does)
+    raise typer.Exit(1 if report_failures(recs) else 0)
 
 
 def register(app: typer.Typer) -> None:

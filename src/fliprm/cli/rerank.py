@@ -10,10 +10,18 @@ import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._eval_common import (
+    EXCLUDE,
+    MethodsOpt,
+    RetryErrorsOpt,
+    judges_for,
+    parse_methods,
+    report_failures,
+)
 
 
-@reward_options(preset="default", exclude=EXCLUDE)
+# no default cache: a rerun served from a cache would report near-zero seconds per row
+@reward_options(preset="default", exclude=EXCLUDE, default_cache=False)
 def rerank(
     settings: CliSettings,
     input: Annotated[Path, typer.Argument(help="JSONL or parquet, one prompt + candidates per row")],
@@ -27,13 +35,16 @@ def rerank(
     limit: Annotated[int | None, typer.Option("--limit", help="first N rows")] = None,
     run_seed: Annotated[int, typer.Option("--run-seed", help="tie-break and shuffle seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
+    retry_errors: RetryErrorsOpt = False,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
     bon_curve.png comparing the picks with a random pick and the oracle for N = 1, 2, 4, ...
     (a pool of N is a seeded random subset of each row's candidates).
 
-    Ties at the top are broken by a seeded uniform choice among the tied candidates."""
+    Ties at the top are broken by a seeded uniform choice among the tied candidates
+    (--run-seed). A row whose judge calls failed is an error record with no pick: left out of
+    the mean label, counted, and the exit code is 1; --retry-errors redoes those rows."""
     from ..eval.best_of_n import arerank, load_rows
     from ..eval.bon_report import write_bon_report
     from ..eval.rewardbench2 import stderr_progress
@@ -43,8 +54,8 @@ def rerank(
         names = parse_methods(methods)
         rows = load_rows(input, prompt_field=prompt_field, candidates_field=candidates_field,
                          id_field=id_field, label_field=label_field, limit=limit)
-        be, make = judges_for(settings, names)
-        conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
+        engine, make = judges_for(settings, names)
+        conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
         ident = input_identity(input)
 
         async def main() -> None:
@@ -52,10 +63,11 @@ def rerank(
                 for name in names:
                     await arerank(rows, make(name, run_seed), out=out / f"{name}.jsonl",
                                   concurrency=conc, progress=stderr_progress,
-                                  input_identity=ident, force=force)
+                                  input_identity=ident, force=force,
+                                  retry_errors=retry_errors)
             finally:
-                if be is not None:
-                    await be.aclose()
+                if engine is not None:
+                    await engine.aclose()
 
         asyncio.run(main())
         ids = {r["id"] for r in rows}
@@ -70,13 +82,17 @@ def rerank(
     except FlipError as exc:
         fail(str(exc))
     for name, m in summary.get("methods", {}).items():
-        typer.echo(f"{name:16s} mean label {m['mean_label']:.3f}  tie rate "
-                   f"{m['tie_rate'] * 100:.1f}%  {m['seconds_per_item']:.1f} s/row")
+        label = "  n/a" if m["n"] == 0 else f"{m['mean_label']:.3f}"
+        typer.echo(f"{name:16s} mean label {label}  tie rate "
+                   f"{m['tie_rate'] * 100:.1f}%  {m['seconds_per_item']:.1f} s/row  "
+                   f"({m['n']} scored, {m['n_failed']} failed)")
     if summary:
         typer.echo(f"random {summary['curve']['random'][-1]:.3f}  oracle "
                    f"{summary['curve']['oracle'][-1]:.3f}\nreport: {out / 'bon_report.md'}")
     else:
         typer.echo(f"picks: {', '.join(str(out / f'{n}.jsonl') for n in names)}")
+    # this selection's records, this run's and earlier runs' (as `fliprm score` does)
+    raise typer.Exit(1 if report_failures(records) else 0)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ..backends import Backend
-from ..config import RewardConfig
+from ..cache import ResponseCache
+from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
-from ..judges import Judge, get_judge
+from ..judges import Judge, Judgment, get_judge
 
-__all__ = ["JudgeFactory", "judge_factory", "words"]
+__all__ = ["JudgeFactory", "failure_message", "judge_factory", "words"]
 
 JudgeFactory = Callable[[str, int], Judge]
 
@@ -18,19 +20,48 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def judge_factory(backend: Backend, config: RewardConfig | None = None) -> JudgeFactory:
-    """``make(method, seed) -> Judge``; every judge shares one Engine over ``backend`` and the
-    decoding and truncation settings of ``config``.
+def failure_message(j: Judgment) -> str | None:
+    """The ``error`` of a record whose judge calls failed, or None when every call answered.
+
+    >>> from fliprm.judges import Judgment
+    >>> failure_message(Judgment([None], [0], 0, calls=4, failed_calls=1, errors=["BackendTimeout: x"]))
+    '1 of 4 judge calls failed: BackendTimeout: x'
+    """
+    if not j.failed_calls:
+        return None
+    first = j.errors[0] if j.errors else "no message"
+    return f"{j.failed_calls} of {j.calls} judge calls failed: {first}"
+
+
+def judge_factory(
+    backend: Backend,
+    config: RewardConfig | None = None,
+    *,
+    runtime: RuntimeOptions | None = None,
+    cache: ResponseCache | str | Path | None = None,
+) -> JudgeFactory:
+    """``make(method, seed) -> Judge``; every judge shares one Engine over ``backend`` (built
+    by :meth:`Engine.from_runtime` from ``runtime`` and ``cache``: retries, deadline,
+    concurrency cap, response cache) and the decoding and truncation settings of ``config``.
 
     >>> from fliprm.backends.fake import FakeBackend
-    >>> make = judge_factory(FakeBackend([]))
+    >>> make = judge_factory(FakeBackend([]), runtime=RuntimeOptions(max_retries=0))
     >>> make("pointwise", 1).engine is make("listwise", 2).engine
     True
+    >>> make("flip", 0).reward.engine.max_retries
+    0
     """
-    engine = Engine(backend)
-    config = config or RewardConfig()
+    engine = Engine.from_runtime(backend, runtime or RuntimeOptions(), cache=cache)
+    return _SharedEngineJudges(engine, config or RewardConfig())
 
-    def make(method: str, seed: int) -> Judge:
-        return get_judge(method, backend=backend, engine=engine, seed=seed, config=config)
 
-    return make
+class _SharedEngineJudges:
+    """``make(method, seed)``; ``engine`` is exposed so its owner can close it (and its cache)."""
+
+    def __init__(self, engine: Engine, config: RewardConfig) -> None:
+        self.engine = engine
+        self.config = config
+
+    def __call__(self, method: str, seed: int) -> Judge:
+        return get_judge(method, backend=self.engine.backend, engine=self.engine, seed=seed,
+                         config=self.config)

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..inputs import require_text
 from ..judges import Judge, top_indices
 from ..records import ResultWriter, read_records
+from ._common import failure_message
 from .stats import bootstrap_ci, mean
 
 __all__ = ["arerank", "load_rows", "pool_sizes", "summarize_bon"]
@@ -83,11 +84,13 @@ async def arerank(
     progress: Callable[[str], None] | None = None,
     input_identity: dict[str, Any] | None = None,
     force: bool = False,
+    retry_errors: bool = False,
 ) -> list[dict[str, Any]]:
     """Judge each row's candidates; append ``{id, pick, scores, top, ...}`` records to ``out``
-    (rows already there are skipped). The judge's settings and ``input_identity`` are recorded
-    beside ``out``; a rerun with others is refused (``force`` starts it over). Returns the new
-    records.
+    (rows already there are skipped). A row whose judge calls failed is an error record
+    (``error`` set, ``pick`` None); ``retry_errors`` redoes those. The judge's settings and
+    ``input_identity`` are recorded beside ``out``; a rerun with others is refused (``force``
+    starts it over). Returns the new records.
 
     >>> from fliprm.judges import LongestJudge
     >>> asyncio.run(arerank([{"id": "1", "prompt": "Hi", "candidates": ["a", "abc"]}], LongestJudge()))[0]["pick"]
@@ -96,7 +99,8 @@ async def arerank(
     manifest: dict[str, Any] = {"settings": {judge.name: judge.identity()}}
     if input_identity is not None:
         manifest["input"] = input_identity
-    writer = (ResultWriter(out, key_field="id", manifest=manifest, force=force)
+    writer = (ResultWriter(out, key_field="id", manifest=manifest, force=force,
+                           retry_errors=retry_errors)
               if out is not None else None)
     done = writer.done if writer else set()
     todo = [r for r in rows if r["id"] not in done]
@@ -106,17 +110,21 @@ async def arerank(
     async def one(row: dict[str, Any]) -> None:
         async with sem:
             j = await judge.arank(row["prompt"], row["candidates"])
-        rec = {"id": row["id"], "method": judge.name, "pick": j.pick, "scores": j.scores,
-               "top": j.top, "tie": j.tie, "parse_failures": j.parse_failures, "calls": j.calls,
-               "tokens": j.tokens, "seconds": round(j.seconds, 3), "errors": j.errors}
+        error = failure_message(j)
+        # a failed call leaves no verdict: no pick, rather than a seeded guess among "ties"
+        pick = None if error else j.pick
+        rec = {"id": row["id"], "method": judge.name, "error": error, "pick": pick,
+               "scores": j.scores, "top": j.top, "tie": j.tie,
+               "parse_failures": j.parse_failures, "calls": j.calls, "tokens": j.tokens,
+               "seconds": round(j.seconds, 3), "errors": j.errors}
         if row.get("labels") is not None:
             rec["labels"] = row["labels"]
-            rec["picked_label"] = row["labels"][j.pick] if j.pick is not None else None
+            rec["picked_label"] = row["labels"][pick] if pick is not None else None
         if writer:
             writer.write(rec)
         new.append(rec)
         if progress:
-            progress(f"[{judge.name}] {len(new)}/{len(todo)} {row['id']} pick={j.pick} "
+            progress(f"[{judge.name}] {len(new)}/{len(todo)} {row['id']} pick={rec['pick']} "
                      f"{j.seconds:.1f}s")
 
     try:
@@ -159,7 +167,8 @@ def summarize_bon(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[s
     """Mean label of the picks per method and pool size, next to random and oracle picks.
 
     Random = the expected label of a uniform pick (the mean of the pool), oracle = the pool's
-    best label. Records need ``labels``.
+    best label. Records need ``labels``. Error records (failed judge calls) are left out of a
+    method's numbers: ``n`` counts its scored rows and ``n_failed`` the failed ones.
     """
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -170,6 +179,10 @@ def summarize_bon(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[s
     n_max = min(len(r["labels"]) for rs in by_method.values() for r in rs)
     sizes = pool_sizes(n_max)
     rows = {r["id"]: r for rs in by_method.values() for r in rs}  # every row seen
+    failed = {m: sum(1 for r in rs if r.get("error")) for m, rs in by_method.items()}
+    # a row whose judge calls failed has no pick: the mean label is over the scored rows,
+    # with the failed count beside it (n_failed), never a guess standing in for a verdict
+    by_method = {m: [r for r in rs if not r.get("error")] for m, rs in by_method.items()}
     out: dict[str, Any] = {"sizes": sizes, "curve": {}, "methods": {}, "n_rows": len(rows)}
     pools = {k: _pools(r, sizes, seed) for k, r in rows.items()}
     out["curve"]["random"] = [mean([mean([r["labels"][i] for i in pools[k][s]])
@@ -184,6 +197,7 @@ def summarize_bon(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[s
         calls = sum(r["calls"] for r in rs)
         out["methods"][method] = {
             "mean_label": mean(full), "ci": list(bootstrap_ci([full], seed=seed)), "n": len(rs),
+            "n_failed": failed[method],
             "tie_rate": mean([float(r["tie"]) for r in rs]),
             "parse_failure_rate": sum(r["parse_failures"] for r in rs) / calls if calls else 0.0,
             "seconds_per_item": mean([r["seconds"] for r in rs]),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .best_of_n import summarize_bon
-from .stats import fmt, md_table, strict_json
+from .stats import failed_note, fmt, md_table, strict_json
 
 __all__ = ["write_bon_report"]
 
@@ -57,6 +57,7 @@ def write_bon_report(
                    "the top are broken by a seeded uniform choice."), "",
               md_table(["method", "mean label", "rows", "tie rate %", "parse failures %",
                         "tokens / row", "seconds / row"], rows), "",
+              *failed_note({m: v.get("n_failed", 0) for m, v in s["methods"].items()}),
               "## Curve over N (pools: a seeded random subset of N candidates per row)", "",
               md_table(["pick", *(f"N={k}" for k in s["sizes"])],
                        [[name, *(f"{y:.3f}" for y in ys)] for name, ys in s["curve"].items()]), ""]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .rb2_scoring import ties_score
-from .stats import bootstrap_ci, fmt, md_table, mean, strict_json
+from .stats import bootstrap_ci, failed_note, fmt, md_table, mean, strict_json
 
 __all__ = ["LENGTH_BUCKETS", "summarize", "write_report"]
 
@@ -52,12 +52,16 @@ def _score_by_length(recs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
     """Per-method accuracy (overall = mean over subsets, with a 95% bootstrap CI over items),
     per-subset accuracy, tie and parse-failure rates, cost, Ties score, accuracy by length
-    bucket and the mean score of chosen / rejected answers by length bucket."""
+    bucket and the mean score of chosen / rejected answers by length bucket.
+
+    Error records (judge calls that failed) are left out of every number: ``n_scored`` and
+    ``n_failed`` count (method, run, item) records with and without a verdict."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_method[r["method"]].append(r)
     out: dict[str, Any] = {"methods": {}, "subsets": sorted({r["subset"] for r in records})}
-    for method, recs in by_method.items():
+    for method, every in by_method.items():
+        recs = [r for r in every if not r.get("error")]
         scored = [r for r in recs if r["credit"] is not None]
         subsets: dict[str, Any] = {}
         groups = []
@@ -70,11 +74,12 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
         calls = sum(r["calls"] for r in recs)
         m: dict[str, Any] = {
             "accuracy": mean([s["accuracy"] for s in subsets.values()]), "ci": [lo, hi],
-            "subsets": subsets, "n_items": len({r["item_id"] for r in recs}),
-            "runs": len({r["run"] for r in recs}),
+            "subsets": subsets, "n_items": len({r["item_id"] for r in every}),
+            "n_scored": len(recs), "n_failed": len(every) - len(recs),
+            "runs": len({r["run"] for r in every}),
             "tie_rate": mean([float(r["tie"]) for r in scored]),
             "parse_failure_rate": sum(r["parse_failures"] for r in recs) / calls if calls else 0.0,
-            "errors": sum(len(r["errors"]) for r in recs),
+            "errors": sum(len(r["errors"]) for r in every),
             "tokens_per_item": mean([r["prompt_tokens"] + r["completion_tokens"] for r in recs]),
             "seconds_per_item": mean([r["seconds"] for r in recs]),
         }
@@ -177,6 +182,7 @@ def write_report(
         rows.append([name, f"**{fmt(m['accuracy'])}** [{fmt(m['ci'][0], 0)}-{fmt(m['ci'][1], 0)}]",
                      *cells, m["n_items"], m["runs"]])
     lines += ["## Accuracy", "", md_table(["method", "overall", *subs, "items", "runs"], rows), ""]
+    lines += failed_note({n: m.get("n_failed", 0) for n, m in ms.items()})
     rows = [[n, fmt(m["tie_rate"]), fmt(m["parse_failure_rate"]), m["errors"],
              f"{m['tokens_per_item']:.0f}", f"{m['seconds_per_item']:.1f}"] for n, m in ms.items()]
     lines += ["## Ties, parse failures and cost", "",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import ResultWriter
-from ._common import JudgeFactory, words
+from ._common import JudgeFactory, failure_message, words
 from .rb2_data import RB2Item
 from .rb2_scoring import item_credit
 
@@ -37,12 +37,15 @@ def record_key(method: str, run: int, item_id: str) -> str:
 def _record(method: str, run: int, seed: int, item: RB2Item, j: Any) -> dict[str, Any]:
     ties = item.subset == "Ties"
     lens = [words(c) for c in item.candidates]
+    error = failure_message(j)
     return {
         "id": record_key(method, run, item.id), "method": method, "run": run, "seed": seed,
         "item_id": item.id, "subset": item.subset, "num_correct": item.num_correct,
         "n_candidates": len(item.candidates),
-        # Ties items have no per-item credit; their score comes from the margins formula
-        "credit": None if ties else item_credit(j.top, item.num_correct),
+        # a failed call leaves no verdict: an error record (redone by --retry-errors), never
+        # the 1/k credit of a tie. Ties items have no per-item credit (the margins formula).
+        "error": error,
+        "credit": None if ties or error else item_credit(j.top, item.num_correct),
         "scores": j.scores, "top": j.top, "pick": j.pick, "tie": j.tie,
         "parse_failures": j.parse_failures, "calls": j.calls, "prompt_tokens": j.prompt_tokens,
         "completion_tokens": j.completion_tokens, "seconds": round(j.seconds, 3),
@@ -64,12 +67,15 @@ async def arun_rewardbench2(
     progress: Callable[[str], None] | None = None,
     input_identity: dict[str, Any] | None = None,
     force: bool = False,
+    retry_errors: bool = False,
 ) -> list[dict[str, Any]]:
     """Judge every item with every method, ``runs`` times (run r uses seed ``seed + r``).
 
     With ``out`` (a JSONL path) each record is appended as soon as it is done, and records
-    already there are skipped, so an interrupted run resumes. Each method's settings (and
-    ``input_identity``, the data's) are recorded beside it: a rerun may add methods, but a
+    already there are skipped, so an interrupted run resumes. A record whose judge calls
+    failed has an ``error`` (and no credit); it counts as done unless ``retry_errors``, which
+    redoes the failed records of ``methods`` (other methods' records are left alone). Each
+    method's settings (and    ``input_identity``, the data's) are recorded beside it: a rerun may add methods, but a
     method run again with other settings, or on other data, is refused (``force`` starts the
     file over). Returns the new records only.
     ``concurrency`` items are judged at once (1 suits the single-slot embedded model and keeps
@@ -79,7 +85,10 @@ async def arun_rewardbench2(
     manifest: dict[str, Any] = {"settings": {m: judges[(m, 0)].identity() for m in methods}}
     if input_identity is not None:
         manifest["input"] = input_identity
-    writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=True, force=force)
+    selected = set(methods)
+    writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=True, force=force,
+                           retry_errors=(lambda r: r.get("method") in selected)
+                           if retry_errors else False)
               if out is not None else None)
     done = writer.done if writer else set()
     new: list[dict[str, Any]] = []

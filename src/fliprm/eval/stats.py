@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-__all__ = ["bootstrap_ci", "fmt", "md_table", "mean", "strict_json"]
+__all__ = ["bootstrap_ci", "failed_note", "fmt", "md_table", "mean", "strict_json"]
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -80,3 +80,18 @@ def strict_json(obj: object) -> str:
     '{\n  "accuracy": null,\n  "n": [\n    1.5,\n    null\n  ]\n}'
     """
     return json.dumps(_finite(obj), indent=2, default=str, allow_nan=False)
+
+
+def failed_note(failed: dict[str, int]) -> list[str]:
+    """A report line naming the records left out because their judge calls failed (if any).
+
+    >>> failed_note({"flip": 2, "longest": 0})[0][:33]
+    '**Failed judge calls:** flip 2 re'
+    """
+    failed = {n: k for n, k in failed.items() if k}
+    if not failed:
+        return []
+    counts = ", ".join(f"{n} {k}" for n, k in failed.items())
+    note = (f"**Failed judge calls:** {counts} records have no verdict and are left out of the "
+            "numbers above (rerun with `--retry-errors` to redo them).")
+    return [note, ""]

@@ -49,8 +49,8 @@ JUDGES: dict[str, type] = {
 
 
 def get_judge(name: str, backend: Backend | str = "embedded", **options: Any) -> Judge:
-    """Build a judge by name. ``options`` go to its constructor (``engine``, ``config``,
-    ``template``, ``seed``). ``flip`` scores with ``config.method`` as given (F1 by default),
+    """Build a judge by name. ``options`` go to its constructor (``engine`` or ``runtime``,
+    ``config``, ``template``, ``seed``). ``flip`` scores with ``config.method`` as given (F1 by default),
     ``flip-likelihood`` and ``flip-pmi`` with those methods.
 
     >>> get_judge("longest").name

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._types import REASONING_MAX_CHARS, Completion, GenerateRequest
 from ..backends import Backend, get_backend
-from ..config import SCORING_VERSION, RewardConfig
+from ..config import SCORING_VERSION, RewardConfig, RuntimeOptions
 from ..engine import Engine
 from ..errors import FlipError
 from ..templates import Template, get_template
@@ -36,6 +36,9 @@ class Judgment:
         pick: one index from ``top`` after a seeded tie-break (None only with no candidates).
         parse_failures: calls whose answer could not be parsed.
         calls: LM calls made; prompt_tokens, completion_tokens: their cost; seconds: wall time.
+        failed_calls: calls that raised (backend down, timeout after the retries): the verdict
+            is then incomplete, so evaluations record the item as failed, not as a tie.
+        errors: one message per failed call (and, for FLIP, per unusable answer).
         details: per-method extras (raw answers, pair outcomes, the shown order, ...).
     """
 
@@ -47,8 +50,14 @@ class Judgment:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    failed_calls: int = 0
     errors: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """Some call failed: the scores are incomplete (an error record, redone on retry)."""
+        return self.failed_calls > 0
 
     @property
     def tie(self) -> bool:
@@ -110,7 +119,9 @@ class LMJudge:
 
     Subclasses build the messages and parse the answers; this class owns decoding options,
     schema constraints and cost accounting. Calls go through :meth:`Engine.generate`, the same
-    path FlipReward uses, so retries, concurrency caps and the cache behave identically.
+    path FlipReward uses, so retries, concurrency caps and the cache behave identically: pass a
+    shared ``engine``, or ``runtime`` (:class:`~fliprm.config.RuntimeOptions`) for one built by
+    :meth:`Engine.from_runtime`.
     """
 
     name = "lm"
@@ -122,11 +133,13 @@ class LMJudge:
         *,
         engine: Engine | None = None,
         config: RewardConfig | None = None,
+        runtime: RuntimeOptions | None = None,
         template: Template | str | None = None,
         seed: int | None = 0,
     ) -> None:
         self.config = config or RewardConfig()
-        self.engine = engine or Engine(get_backend(backend))
+        self.engine = engine or Engine.from_runtime(get_backend(backend),
+                                                    runtime or RuntimeOptions())
         self.backend = self.engine.backend
         self.template = get_template(template or self.default_template)
         # the decoding and truncation settings of the shared reward definition
@@ -171,6 +184,7 @@ class LMJudge:
         try:
             comp: Completion = await self.engine.generate(req)
         except FlipError as exc:
+            judgment.failed_calls += 1
             judgment.errors.append(f"{type(exc).__name__}: {exc}")
             return None
         judgment.prompt_tokens += comp.prompt_tokens

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..backends import Backend
-from ..config import RewardConfig
+from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
 from ..reward import FlipReward
 from ._base import Judgment, finish, item_rng, top_indices
@@ -29,6 +29,8 @@ class FlipJudge:
         reward: a ready :class:`FlipReward`.
         engine: share this Engine (and so its concurrency cap and cache) with other judges.
         config: the reward definition (:class:`~fliprm.config.RewardConfig`).
+        runtime: retries, deadline, cache path (:class:`~fliprm.config.RuntimeOptions`) for the
+            Engine built here when no ``engine`` is given.
         method: overrides ``config.method`` (``"likelihood"`` for the ``flip-likelihood`` judge).
         seed: tie-break seed.
 
@@ -48,6 +50,7 @@ class FlipJudge:
         reward: FlipReward | None = None,
         engine: Engine | None = None,
         config: RewardConfig | None = None,
+        runtime: RuntimeOptions | None = None,
         method: str | None = None,
         seed: int | None = 0,
     ) -> None:
@@ -56,7 +59,7 @@ class FlipJudge:
             if engine is not None:
                 reward = FlipReward(config=config, engine=engine)
             else:
-                reward = FlipReward(backend, config=config)
+                reward = FlipReward(backend, config=config, runtime=runtime)
         self.reward = reward
         self.backend = reward.backend
         self.seed = seed
@@ -78,6 +81,9 @@ class FlipJudge:
         j.completion_tokens = sum(r.completion_tokens for r in results)
         # only answers that came back and did not parse count as parse failures
         j.parse_failures = sum(1 for r in results if r.raw_output is not None and not r.parse_ok)
+        # a call that raised (not a bad answer or a parse-policy None) leaves the ranking
+        # incomplete; ascore_one marks those with extra["error_type"]
+        j.failed_calls = sum(1 for r in results if r.error and "error_type" in r.extra)
         j.errors = [r.error for r in results if r.error]
         j.top = top_indices(j.scores)
         j.details["inferred"] = [r.inferred_instruction for r in results]

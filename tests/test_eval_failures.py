@@ -1,0 +1,275 @@
+"""Issue 21: `eval rewardbench2` and `rerank` must not report success after failing.
+
+Failed judge calls are error records (counted, printed, exit code 1, redone by
+--retry-errors), accuracies are over the scored items only, and the engine flags (--cache,
+--max-retries, --total-timeout) reach every judge through one Engine factory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fliprm.backends.fake import FakeBackend, scripted_reply
+from fliprm.cache import ResponseCache
+from fliprm.cli import _eval_common as eval_common_cli
+from fliprm.cli import eval as eval_cli
+from fliprm.cli import rerank as rerank_cli
+from fliprm.config import RewardConfig, RuntimeOptions
+from fliprm.engine import Engine
+from fliprm.errors import BackendUnavailable
+from fliprm.eval._common import judge_factory
+from fliprm.judges import FlipJudge, get_judge
+from fliprm.records import read_records
+from fliprm.reward import FlipReward
+
+FIX = Path(__file__).parent / "fixtures"
+RB2 = FIX / "rb2_tiny.jsonl"  # default subsets: 2 Focus + 1 Math items, 4 answers each
+BON = FIX / "bon_tiny.jsonl"  # 3 rows, 4 candidates each
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    eval_cli.register(app)
+    rerank_cli.register(app)
+    return app
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(_app(), args)
+
+
+class Switch:
+    """A backend that refuses every call while ``dead`` and answers like ``-b fake`` after."""
+
+    def __init__(self, dead: bool = True, **kw) -> None:
+        self.dead = dead
+        self.fb = FakeBackend(self._reply, **kw)
+
+    def _reply(self, req):
+        if self.dead:
+            return BackendUnavailable("connection refused")
+        return scripted_reply(req)
+
+    @property
+    def calls(self) -> int:
+        return len(self.fb.calls)
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Install a switchable backend where the eval/rerank CLI builds its backend."""
+    sw = Switch()
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda config, runtime: sw.fb)
+    # retries back off 0.5 s, 1 s, ...: the counts are what is tested, not the waiting
+    monkeypatch.setitem(Engine.__init__.__kwdefaults__, "backoff_s", 0.0)
+    return sw
+
+
+def _records(path: Path) -> list[dict]:
+    return [r for _, r in read_records(path)]
+
+
+# ---- dead backend: error records, counted, exit 1, --retry-errors ----------------------------
+
+
+def test_eval_dead_backend_exits_1_and_retry_errors_redoes_exactly_the_failed(tmp_path, backend):
+    out = tmp_path / "rb2"
+    args = ["eval", "rewardbench2", "--data", str(RB2), "--methods", "flip,pointwise,longest",
+            "--out", str(out), "--max-retries", "0", "--no-cache"]
+    res = _run(args)
+    assert res.exit_code == 1, res.output  # was 0, with "accuracy 25.0%" for every judge
+    assert backend.calls == 2 * 3 * 4  # flip and pointwise: 3 items x 4 answers, no retries
+    recs = {(r["method"], r["item_id"]): r for r in _records(out / "records.jsonl")}
+    assert len(recs) == 9
+    failed = {k for k, r in recs.items() if r.get("error")}
+    assert failed == {(m, i) for m in ("flip", "pointwise") for i in ("1", "2", "3")}
+    assert "BackendUnavailable" in recs[("flip", "1")]["error"]
+    assert recs[("pointwise", "1")]["credit"] is None  # never a 1/k tie credit
+    results = json.loads((out / "results.json").read_text())
+    for m in ("flip", "pointwise"):
+        assert results["methods"][m]["n_failed"] == 3 and results["methods"][m]["n_scored"] == 0
+        assert results["methods"][m]["accuracy"] is None  # not 25.0 over failed calls
+    assert results["methods"]["longest"]["n_failed"] == 0
+    assert results["methods"]["longest"]["n_scored"] == 3
+    assert "3 failed" in res.output and "--retry-errors" in res.output
+
+    # a plain rerun treats nothing as newly done and still fails: the error records remain
+    backend.dead = False
+    res = _run(args)
+    assert res.exit_code == 1, res.output
+    assert backend.calls == 24 and "3 failed" in res.output
+
+    res = _run(args + ["--retry-errors"])
+    assert res.exit_code == 0, res.output
+    assert backend.calls == 24 + 24  # exactly the 6 failed (method, item) records, 4 calls each
+    recs2 = _records(out / "records.jsonl")
+    assert len(recs2) == 9 and not any(r.get("error") for r in recs2)
+    assert len({r["id"] for r in recs2}) == 9  # one record per (method, run, item)
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["pointwise"]["n_scored"] == 3
+    assert results["methods"]["pointwise"]["n_failed"] == 0
+
+
+def test_eval_partly_failed_item_is_an_error_record_and_left_out_of_accuracy(tmp_path, monkeypatch):
+    # item 1 answers; every call about item 2 fails: accuracy is item 1's, with 1 failed
+    def reply(req):
+        text = req.messages[-1]["content"]
+        if "haiku" in text:
+            return BackendUnavailable("connection reset")
+        return json.dumps({"REASONING": "", "SCORE": 9 if "Paris" in text else 2})
+
+    fb = FakeBackend(reply)
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda config, runtime: fb)
+    out = tmp_path / "rb2"
+    res = _run(["eval", "rewardbench2", "--data", str(RB2), "--subsets", "Focus",
+                "--methods", "pointwise", "--out", str(out), "--max-retries", "0", "--no-cache"])
+    assert res.exit_code == 1, res.output
+    m = json.loads((out / "results.json").read_text())["methods"]["pointwise"]
+    assert m["n_scored"] == 1 and m["n_failed"] == 1
+    assert m["accuracy"] == 1.0  # item 1 won outright; item 2 is not a 0.25 tie in the mean
+
+
+def test_rerank_dead_backend_exits_1_and_retry_errors_redoes_exactly_the_failed(tmp_path, backend):
+    out = tmp_path / "bon"
+    args = ["rerank", str(BON), "--label-field", "preference", "--methods", "flip,pointwise",
+            "--out", str(out), "--max-retries", "0", "--no-cache"]
+    res = _run(args)
+    assert res.exit_code == 1, res.output  # was 0, with "mean label 1.004"
+    assert backend.calls == 2 * 3 * 4
+    for m in ("flip", "pointwise"):
+        recs = _records(out / f"{m}.jsonl")
+        assert len(recs) == 3 and all("BackendUnavailable" in r["error"] for r in recs)
+        assert all(r["pick"] is None for r in recs)
+    s = json.loads((out / "bon_results.json").read_text())
+    assert s["methods"]["flip"]["n"] == 0 and s["methods"]["flip"]["n_failed"] == 3
+    assert s["methods"]["flip"]["mean_label"] is None
+    assert "3 failed" in res.output and "--retry-errors" in res.output
+
+    backend.dead = False
+    res = _run(args)
+    assert res.exit_code == 1 and backend.calls == 24
+
+    res = _run(args + ["--retry-errors"])
+    assert res.exit_code == 0, res.output
+    assert backend.calls == 48
+    for m in ("flip", "pointwise"):
+        recs = _records(out / f"{m}.jsonl")
+        assert len(recs) == 3 and not any(r.get("error") for r in recs)
+    s = json.loads((out / "bon_results.json").read_text())
+    assert s["methods"]["pointwise"]["n"] == 3 and s["methods"]["pointwise"]["n_failed"] == 0
+
+
+def test_rerank_without_labels_still_counts_failures(tmp_path, backend):
+    res = _run(["rerank", str(BON), "--methods", "pointwise", "--out", str(tmp_path),
+                "--max-retries", "0", "--no-cache"])
+    assert res.exit_code == 1 and "3 failed" in res.output
+
+
+def test_eval_against_a_closed_port_exits_1(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connection refused
+    out = tmp_path / "rb2"
+    res = _run(["eval", "rewardbench2", "--data", str(RB2), "--subsets", "Math",
+                "--methods", "pointwise", "-b", "openai:m", "--base-url",
+                f"http://127.0.0.1:{port}/v1", "--max-retries", "0", "--no-cache",
+                "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "1 failed" in res.output
+
+
+# ---- --max-retries, --total-timeout, --cache reach the judges ---------------------------------
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_eval_max_retries_takes_effect(tmp_path, backend, retries):
+    res = _run(["eval", "rewardbench2", "--data", str(RB2), "--subsets", "Math", "--methods",
+                "pointwise", "--out", str(tmp_path), "--max-retries", str(retries), "--no-cache"])
+    assert res.exit_code == 1
+    assert backend.calls == 4 * (1 + retries)  # was 4 x 4 whatever the flag said
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_rerank_max_retries_takes_effect(tmp_path, backend, retries):
+    res = _run(["rerank", str(BON), "--limit", "1", "--methods", "flip", "--out", str(tmp_path),
+                "--max-retries", str(retries), "--no-cache"])
+    assert res.exit_code == 1
+    assert backend.calls == 4 * (1 + retries)
+
+
+@pytest.mark.parametrize("command", ["eval", "rerank"])
+def test_total_timeout_takes_effect(tmp_path, monkeypatch, command):
+    slow = FakeBackend(delay_s=2.0)
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda config, runtime: slow)
+    args = (["eval", "rewardbench2", "--data", str(RB2), "--subsets", "Math"] if command == "eval"
+            else ["rerank", str(BON), "--limit", "1"])
+    t0 = time.perf_counter()
+    res = _run([*args, "--methods", "pointwise", "--out", str(tmp_path), "--total-timeout",
+                "0.2", "--max-retries", "0", "--no-cache"])
+    assert time.perf_counter() - t0 < 1.8
+    assert res.exit_code == 1, res.output
+    path = tmp_path / ("records.jsonl" if command == "eval" else "pointwise.jsonl")
+    (rec,) = _records(path)
+    assert "BackendTimeout" in rec["error"]
+
+
+@pytest.mark.parametrize("command", ["eval", "rerank"])
+def test_cache_takes_effect(tmp_path, backend, command):
+    backend.dead = False
+    cache = tmp_path / "c.sqlite"
+    args = (["eval", "rewardbench2", "--data", str(RB2)] if command == "eval"
+            else ["rerank", str(BON)])
+    res = _run([*args, "--methods", "flip,pointwise", "--out", str(tmp_path / "a"),
+                "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    assert cache.is_file() and backend.calls == 24
+    # a fresh output (nothing to resume) with the same cache: every answer comes from the cache
+    res = _run([*args, "--methods", "flip,pointwise", "--out", str(tmp_path / "b"),
+                "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    assert backend.calls == 24
+
+
+# ---- one Engine factory ------------------------------------------------------------------------
+
+
+def test_engine_from_runtime(tmp_path):
+    fb = FakeBackend([])
+    rt = RuntimeOptions(max_retries=1, concurrency=2, total_timeout=5.0,
+                        cache=str(tmp_path / "a.sqlite"))
+    e = Engine.from_runtime(fb, rt)
+    assert (e.backend, e.max_retries, e.max_concurrency, e.total_timeout) == (fb, 1, 2, 5.0)
+    assert isinstance(e.cache, ResponseCache) and e.cache.path == str(tmp_path / "a.sqlite")
+    e2 = Engine.from_runtime(fb, RuntimeOptions(), cache=tmp_path / "b.sqlite")
+    assert e2.max_retries == 3 and e2.max_concurrency == fb.max_concurrency
+    assert e2.total_timeout is None and e2.cache.path == str(tmp_path / "b.sqlite")
+    assert Engine.from_runtime(fb, RuntimeOptions()).cache is None
+
+
+def test_every_caller_builds_its_engine_from_runtime(tmp_path, monkeypatch):
+    built = []
+    real = Engine.from_runtime.__func__
+
+    def spy(cls, backend, runtime, *, cache=None):
+        built.append(runtime.max_retries)
+        return real(cls, backend, runtime, cache=cache)
+
+    monkeypatch.setattr(Engine, "from_runtime", classmethod(spy))
+    fb = FakeBackend([])
+    rt = RuntimeOptions(max_retries=7, total_timeout=9.0)
+    assert FlipReward(fb, runtime=rt).engine.max_retries == 7
+    assert get_judge("pointwise", backend=fb, runtime=rt).engine.total_timeout == 9.0
+    assert FlipJudge(fb, runtime=rt).reward.engine.max_retries == 7
+    make = judge_factory(fb, RewardConfig(), runtime=rt, cache=tmp_path / "c.sqlite")
+    assert make("pairwise", 0).engine is make("flip", 0).reward.engine
+    assert make("listwise", 0).engine.cache is not None
+    assert built == [7, 7, 7, 7]
