@@ -18,7 +18,7 @@ reference path: reasoning first, unconstrained, F1 on the raw text when parsing 
 'flip-short-contextual'
 >>> len(cfg.fingerprint())
 16
->>> RewardConfig.preset(max_response_chars=0)
+>>> RewardConfig(max_response_chars=0)
 Traceback (most recent call last):
 ...
 fliprm.errors.ConfigError: max_response_chars: must be >= 1 (leave it unset for no cut)
@@ -88,10 +88,19 @@ _CONTEXTUAL = {"flip": "flip-contextual", "flip-short": "flip-short-contextual"}
 class RewardConfig(BaseModel):
     """Everything that changes a FLIP reward. Frozen, validated once, fingerprinted.
 
-    See the module docstring; each field's description is also its ``--flag`` help text.
+    See the module docstring; each field's description is also its ``--flag`` help text. An
+    invalid value raises :class:`~fliprm.errors.ConfigError` (a ``ValueError``) naming the field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    def __init__(self, **values: Any) -> None:
+        # a bad value is a one-line ConfigError naming the field (a ValueError too), not
+        # pydantic's multi-line ValidationError
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self).__name__) from None
 
     backend: str = opt("embedded", "embedded | embedded:NAME | gguf:PATH | openai[:MODEL] | "
                        "fake (scripted dry run)", short="-b")
@@ -282,6 +291,12 @@ class RuntimeOptions(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        try:  # ConfigError, as RewardConfig's constructor
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self).__name__) from None
 
     base_url: str | None = opt(None, "OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = opt(None, "bearer token for the backend server")

@@ -83,7 +83,8 @@ def _plain(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation, None
 
 
-def _params(model: type[BaseModel], exclude: Iterable[str]) -> list[inspect.Parameter]:
+def _params(model: type[BaseModel], exclude: Iterable[str],
+            replicas: bool = False) -> list[inspect.Parameter]:
     out = []
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra or {}
@@ -101,8 +102,9 @@ def _params(model: type[BaseModel], exclude: Iterable[str]) -> list[inspect.Para
         if extra.get("short"):  # type: ignore[union-attr]
             decls.append(extra["short"])  # type: ignore[index]
         if name == "base_url":
-            typ = list[str]
-            help_ += "; repeat it with --ray for one actor per replica"
+            typ = list[str]  # repeatable so that a second one is refused, not silently dropped
+            if replicas:
+                help_ += "; repeat it with --ray for one actor per replica"
         option = typer.Option(*decls, help=help_, envvar=_ENVVARS.get(name),
                               show_default=False, metavar=None if typ is bool else "VALUE")
         out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -125,11 +127,14 @@ _EXTRA = [
 
 
 def reward_options(
-    *, preset: str = "default", exclude: Iterable[str] = (), default_cache: bool = True
+    *, preset: str = "default", exclude: Iterable[str] = (), default_cache: bool = True,
+    replicas: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Typer command: add the derived flags, pass ``settings: CliSettings``.
 
     ``default_cache``: without ``--cache``/``--no-cache`` use ``<cache dir>/responses.sqlite``.
+    ``replicas``: ``--base-url`` may be repeated (``score --ray``: one URL per replica); other
+    commands talk to one server and refuse a second URL.
     """
     exclude = set(exclude)
 
@@ -138,7 +143,7 @@ def reward_options(
         hints = typing.get_type_hints(fn, include_extras=True)
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in sig.parameters.values() if p.name != "settings"]
-        derived = _params(RewardConfig, exclude) + _params(RuntimeOptions, exclude)
+        derived = _params(RewardConfig, exclude) + _params(RuntimeOptions, exclude, replicas)
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "no_cache" else False,
                                    annotation=a) for n, a in _EXTRA if n not in exclude]
         names = {p.name for p in derived + extra}
@@ -146,7 +151,7 @@ def reward_options(
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
             given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            kwargs["settings"] = _settings(given, preset, default_cache)
+            kwargs["settings"] = _settings(given, preset, default_cache, replicas)
             return fn(**kwargs)
 
         params = own + derived + extra
@@ -159,7 +164,8 @@ def reward_options(
     return deco
 
 
-def _settings(given: dict[str, Any], preset: str, default_cache: bool) -> CliSettings:
+def _settings(given: dict[str, Any], preset: str, default_cache: bool,
+              replicas: bool = False) -> CliSettings:
     try:
         preset = given.pop("preset", None) or preset
         sys_t, user_t = given.pop("system_template", None), given.pop("user_template", None)
@@ -178,6 +184,9 @@ def _settings(given: dict[str, Any], preset: str, default_cache: bool) -> CliSet
             if not isinstance(given["extra_body"], dict):
                 raise ConfigError("--extra-body must be a JSON object")
         urls = tuple(given.pop("base_url", None) or ())
+        if len(urls) > 1 and not replicas:
+            raise ConfigError(f"--base-url was given {len(urls)} times; this command talks to "
+                              "one server (only `fliprm score --ray` takes one per replica)")
         runtime_fields = set(RuntimeOptions.model_fields)
         rt = {k: v for k, v in given.items() if k in runtime_fields and v is not None}
         rc = {k: v for k, v in given.items() if k not in runtime_fields}

@@ -78,7 +78,7 @@ def _spool_stdin() -> Path:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @reward_options(preset="default")
+    @reward_options(preset="default", replicas=True)
     def score(
         settings: CliSettings,
         input: Annotated[

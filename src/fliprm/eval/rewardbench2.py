@@ -24,7 +24,8 @@ from .rb2_scoring import item_credit
 
 __all__ = ["METHODS", "arun_rewardbench2", "record_key"]
 
-METHODS = ("flip", "pointwise", "pairwise", "listwise", "longest")
+#: what `fliprm eval rewardbench2` runs by default (its --methods default)
+METHODS = ("flip", "flip-likelihood", "pointwise", "pairwise", "listwise", "longest")
 #: k^2 pairwise calls or one prompt holding 11-38 answers: too costly / too long for Ties
 NO_TIES = ("pairwise", "listwise")
 
