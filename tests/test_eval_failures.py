@@ -116,6 +116,24 @@ def test_eval_dead_backend_exits_1_and_retry_errors_redoes_exactly_the_failed(tm
     assert results["methods"]["pointwise"]["n_failed"] == 0
 
 
+def test_eval_retry_errors_redoes_only_the_selected_methods_and_items(tmp_path, backend):
+    out = tmp_path / "rb2"
+    base = ["eval", "rewardbench2", "--data", str(RB2), "--out", str(out), "--max-retries", "0",
+            "--no-cache"]
+    assert _run([*base, "--methods", "pointwise,listwise"]).exit_code == 1
+    assert backend.calls == 3 * 4 + 3  # pointwise: 4 calls per item, listwise: 1
+    backend.dead = False
+    res = _run([*base, "--methods", "pointwise", "--subsets", "Math", "--retry-errors"])
+    assert res.exit_code == 0, res.output  # this selection (pointwise on Math) is whole now
+    assert backend.calls == 15 + 4
+    recs = {(r["method"], r["item_id"]): r for r in _records(out / "records.jsonl")}
+    assert len(recs) == 6  # the failures outside the selection are kept, not dropped unredone
+    assert not recs[("pointwise", "3")].get("error")
+    assert all(recs[k].get("error") for k in recs if k != ("pointwise", "3"))
+    res = _run([*base, "--methods", "pointwise,listwise", "--retry-errors"])
+    assert res.exit_code == 0 and backend.calls == 19 + 2 * 4 + 3
+
+
 def test_eval_partly_failed_item_is_an_error_record_and_left_out_of_accuracy(tmp_path, monkeypatch):
     # item 1 answers; every call about item 2 fails: accuracy is item 1's, with 1 failed
     def reply(req):

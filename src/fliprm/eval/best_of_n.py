@@ -99,8 +99,11 @@ async def arerank(
     manifest: dict[str, Any] = {"settings": {judge.name: judge.identity()}}
     if input_identity is not None:
         manifest["input"] = input_identity
+    row_ids = {r["id"] for r in rows}
     writer = (ResultWriter(out, key_field="id", manifest=manifest, force=force,
-                           retry_errors=retry_errors)
+                           # only the rows of this run (--limit): others would not be redone
+                           retry_errors=(lambda rec: rec.get("id") in row_ids)
+                           if retry_errors else False)
               if out is not None else None)
     done = writer.done if writer else set()
     todo = [r for r in rows if r["id"] not in done]

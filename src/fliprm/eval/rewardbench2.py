@@ -75,7 +75,7 @@ async def arun_rewardbench2(
     With ``out`` (a JSONL path) each record is appended as soon as it is done, and records
     already there are skipped, so an interrupted run resumes. A record whose judge calls
     failed has an ``error`` (and no credit); it counts as done unless ``retry_errors``, which
-    redoes the failed records of ``methods`` (other methods' records are left alone). Each
+    redoes the failed records of these methods, runs and items (others are left alone). Each
     method's settings (and    ``input_identity``, the data's) are recorded beside it: a rerun may add methods, but a
     method run again with other settings, or on other data, is refused (``force`` starts the
     file over). Returns the new records only.
@@ -86,10 +86,15 @@ async def arun_rewardbench2(
     manifest: dict[str, Any] = {"settings": {m: judges[(m, 0)].identity() for m in methods}}
     if input_identity is not None:
         manifest["input"] = input_identity
-    selected = set(methods)
+    selected, ids = set(methods), {it.id for it in items}
+
+    def redo(rec: dict[str, Any]) -> bool:
+        # only this selection's failures: others would be dropped here and not redone
+        return (rec.get("method") in selected and rec.get("item_id") in ids
+                and rec.get("run", 0) < runs)
+
     writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=True, force=force,
-                           retry_errors=(lambda r: r.get("method") in selected)
-                           if retry_errors else False)
+                           retry_errors=redo if retry_errors else False)
               if out is not None else None)
     done = writer.done if writer else set()
     new: list[dict[str, Any]] = []
