@@ -206,10 +206,10 @@ class ResultWriter:
             if force:
                 self._reset()
             # a device (/dev/null, /dev/full) has no sidecar: nothing there to resume or mix
-            record = manifest is not None and self._lock_fd is not None
+            if self._lock_fd is None:
+                manifest = None
             redo: set[str] = set()
-            if record:
-                assert manifest is not None
+            if manifest is not None:
                 old = check_manifest(self.path, manifest, merge=merge)
                 if input_lines and old and old.get("input") and manifest.get("input"):
                     n = changed_last_line(old["input"], manifest["input"])
@@ -217,8 +217,7 @@ class ResultWriter:
             # the stale record goes before the new input identity is recorded: a run killed in
             # between still finds the old identity, and the changed line, next time
             self._recover(retry_errors, redo)
-            if record:
-                assert manifest is not None
+            if manifest is not None:
                 write_manifest(self.path, manifest, merge=merge, fd=self._lock_fd)
         except BaseException:
             self._unlock()
