@@ -177,21 +177,30 @@ def test_bad_shards_are_redone_not_trusted(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
+    from fliprm.scale import Shard
     from fliprm.scale._ray import _shard_state
+    from fliprm.scale._shards import IDENTITY_KEY, shard_identity
+
+    shard = Shard(index=0, start=0, stop=3, offset=0, rows=3)
+    meta = {IDENTITY_KEY: json.dumps(shard_identity("fp", shard))}
+
+    def write(path, table):
+        pq.write_table(table.replace_schema_metadata(meta), path)
 
     good = tmp_path / "good.parquet"
-    pq.write_table(pa.table({"line": [1, 2, 3], "error": [None, None, None]}), good)
+    write(good, pa.table({"line": [1, 2, 3], "error": [None, None, None]}))
     errs = tmp_path / "errs.parquet"
-    pq.write_table(pa.table({"line": [1, 2, 3], "error": [None, "bad", None]}), errs)
+    write(errs, pa.table({"line": [1, 2, 3], "error": [None, "bad", None]}))
     short = tmp_path / "short.parquet"
-    pq.write_table(pa.table({"line": [1], "error": [None]}), short)
+    write(short, pa.table({"line": [1], "error": [None]}))
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"PAR1 not really")
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(good.read_bytes()[:-20])
-    assert _shard_state(good, 3) == "ok" and _shard_state(errs, 3) == "errors"
-    assert _shard_state(short, 3) == "bad"  # 10 of 1,000 rows was "finished"
-    assert _shard_state(garbage, 3) == "bad" and _shard_state(truncated, 3) == "bad"
+    state = lambda p: _shard_state(p, shard, "fp")
+    assert state(good) == "ok" and state(errs) == "errors"
+    assert state(short) == "bad"  # 10 of 1,000 rows was "finished"
+    assert state(garbage) == "bad" and state(truncated) == "bad"
 
 
 def _plan_input(tmp_path: Path, name: str, rows: list[dict]) -> Path:

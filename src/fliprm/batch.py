@@ -6,6 +6,7 @@ the same record schema.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -133,8 +134,10 @@ async def score_file(
     >>> asyncio.run(score_file(FlipReward(), "pairs.jsonl", "scores.jsonl")).mean_reward  # doctest: +SKIP
     """
     inp, out = Path(input_path), Path(output_path)
-    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+    # samefile: a symlink or a hard link to the input is the input too
+    if out.exists() and inp.exists() and os.path.samefile(out, inp):
         raise ConfigError(f"the output {out} is the input file: write the results elsewhere")
+    records = read_records(inp)  # a corrupt parquet input is refused before the output is touched
     ident = input_identity(inp)
     if input_label:
         ident["path"] = input_label
@@ -143,7 +146,7 @@ async def score_file(
     summary = Summary()
     t0 = time.perf_counter()
     with ResultWriter(out, key_field="line", retry_errors=retry_errors, manifest=manifest,
-                      force=force) as writer:
+                      force=force, input_lines=True) as writer:
         summary.errors_before = writer.errors_before
         summary.first_errors.extend(writer.first_errors_before)
         seen: dict[str, int] = {}
@@ -169,7 +172,7 @@ async def score_file(
                 emit(_record(item_id, line, res))
             pending.clear()
 
-        for line, rec in _limited(read_records(inp), limit):
+        for line, rec in _limited(records, limit):
             summary.total += 1
             item_id = None if isinstance(rec, InputError) else _user_id(rec, fields)
             # duplicates are found across the whole file, finished lines included

@@ -6,8 +6,9 @@ instruction, repeating an eval, or a GRPO group with duplicate completions then 
 
 Rules: only deterministic calls are cached (temperature 0, or a fixed seed); failures are never
 stored (the caller decides what counts as a success); the cache never raises: a broken or locked
-database degrades to a miss; it holds at most ``max_entries`` completions (the oldest go; per
-process: several writers to one file may each add up to ``max_entries // 16`` between prunes).
+database, or a folder that cannot be created, degrades to a miss (one warning per problem); it
+holds at most ``max_entries`` completions (the oldest go; per process: several writers to one
+file may each add up to ``max_entries // 16`` between prunes).
 WAL mode plus a busy timeout make concurrent writers from several processes safe.
 """
 
@@ -66,8 +67,16 @@ class ResponseCache:
         self._puts = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._warned: set[str] = set()
         self.hits = 0
         self.misses = 0
+
+    def _warn_once(self, what: str, exc: BaseException) -> None:
+        # one line per problem, not one per item: a cache that cannot open fails every call
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("response cache %s %s (%s); scoring goes on without it", self.path,
+                        what, exc)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -89,8 +98,8 @@ class ResponseCache:
                 row = self._connect().execute(
                     "SELECT value FROM completions WHERE key = ?", (key,)
                 ).fetchone()
-        except sqlite3.Error as exc:
-            log.warning("response cache unavailable (%s); treating as a miss", exc)
+        except (sqlite3.Error, OSError) as exc:  # OSError: its folder cannot be created
+            self._warn_once("is unavailable", exc)
             return None
         if row is None:
             self.misses += 1
@@ -133,14 +142,14 @@ class ResponseCache:
                             (self.max_entries - step + 1,),
                         )
                 conn.commit()
-        except (sqlite3.Error, TypeError, ValueError) as exc:
-            log.warning("could not write to the response cache: %s", exc)
+        except (sqlite3.Error, OSError, TypeError, ValueError) as exc:
+            self._warn_once("is unavailable" if self._conn is None else "cannot be written", exc)
 
     def __len__(self) -> int:
         try:
             with self._lock:
                 return int(self._connect().execute("SELECT COUNT(*) FROM completions").fetchone()[0])
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
             return 0
 
     def clear(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -194,5 +195,23 @@ def _settings(given: dict[str, Any], preset: str, default_cache: bool,
         runtime = make_config(RuntimeOptions, {**rt, "base_url": urls[0] if urls else None})
     except FlipError as exc:
         fail(str(exc))
-    path = None if no_cache else (cache or (cache_dir() / "responses.sqlite" if default_cache else None))
+    path = None if no_cache else (cache or (_default_cache() if default_cache else None))
     return CliSettings(config, runtime, urls, path, cache is not None and not no_cache)
+
+
+def _default_cache() -> Path | None:
+    """``<cache dir>/responses.sqlite``, or None (one warning) where that folder cannot be
+    made or written: the default cache is a convenience, never a reason for items to fail."""
+    path = cache_dir() / "responses.sqlite"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        usable = os.access(path if path.exists() else path.parent, os.W_OK)
+        problem = "not writable"
+    except OSError as exc:
+        usable, problem = False, exc.strerror or type(exc).__name__
+    if not usable:
+        err.print(f"[yellow]warning:[/yellow] cannot use the response cache in "
+                  f"{escape(str(path.parent))} ({escape(problem)}); scoring without a response "
+                  "cache (set FLIPRM_CACHE_DIR, or pass --cache PATH or --no-cache)")
+        return None
+    return path

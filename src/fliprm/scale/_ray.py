@@ -29,6 +29,7 @@ from ..errors import FlipError, MissingDependency
 from ..result import FlipResult
 from ..reward import FlipReward
 from ._shards import (
+    IDENTITY_KEY,
     PlanLock,
     Shard,
     ShardPlan,
@@ -36,6 +37,7 @@ from ._shards import (
     read_shard,
     result_row,
     result_schema,
+    shard_identity,
     shard_path,
     write_shard,
 )
@@ -157,16 +159,25 @@ class RaySummary(Summary):
     shards_written: int = 0
 
 
-def _shard_state(path: Path, rows: int) -> str:
-    """``"ok"``, ``"errors"`` (complete, with error rows) or ``"bad"`` (unreadable, or not
-    the shard's row count: a truncated or foreign file is redone, never trusted)."""
+def _shard_state(path: Path, shard: Shard, fingerprint: str) -> str:
+    """``"ok"``, ``"errors"`` (complete, with error rows) or ``"bad"``: unreadable, not the
+    shard's row count, or not this shard of this plan (its recorded identity, or its lines,
+    are another block's; or it records none). A truncated, copied or foreign file is redone,
+    never trusted."""
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path, columns=["line", "error"])
+        recorded = json.loads((table.schema.metadata or {}).get(IDENTITY_KEY, b"null"))
     except Exception:  # noqa: BLE001 - any unreadable file is a shard to redo
         return "bad"
-    if table.num_rows != rows:
+    want = shard_identity(fingerprint, shard)
+    if table.num_rows != shard.rows or recorded != want:
+        return "bad"
+    lines = table.column("line").to_pylist()
+    # the identity is metadata: the rows themselves must be this block's too, each once
+    if len(set(lines)) != len(lines) or not all(
+            isinstance(n, int) and want["first_line"] <= n <= want["last_line"] for n in lines):
         return "bad"
     col = table.column("error")
     return "errors" if col.null_count < len(col) else "ok"
@@ -242,16 +253,18 @@ def score_file_ray(
     probe.close()
     lock = PlanLock(out)
     try:
-        lock.check(plan, identity, force=force)
-        summary = _run(ray, plan, out, config, runtime, base_urls, num_actors, num_cpus_per_actor,
-                       batch_size, fields, cache, retry_errors, ray_address, progress, on_shard)
+        fingerprint = lock.check(plan, identity, force=force)
+        summary = _run(ray, plan, fingerprint, out, config, runtime, base_urls, num_actors,
+                       num_cpus_per_actor, batch_size, fields, cache, retry_errors, ray_address,
+                       progress, on_shard)
     finally:
         lock.release()
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 
 
-def _run(ray: Any, plan: ShardPlan, out: Path, config: RewardConfig, runtime: RuntimeOptions,
+def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardConfig,
+         runtime: RuntimeOptions,
          base_urls: Sequence[str] | None, num_actors: int | None, num_cpus_per_actor: float,
          batch_size: int, fields: Fields, cache: str | None, retry_errors: bool,
          ray_address: str | None, progress: bool,
@@ -262,17 +275,18 @@ def _run(ray: Any, plan: ShardPlan, out: Path, config: RewardConfig, runtime: Ru
     pending: dict[int, Shard] = {}
     for s in plan.shards:
         p = shard_path(out, s.index)
-        state = _shard_state(p, s.rows) if p.exists() else "missing"
+        state = _shard_state(p, s, fingerprint) if p.exists() else "missing"
         if state == "ok" or (state == "errors" and not retry_errors):
             summary.shards_skipped += 1
             if state == "errors":
                 summary.errors_before += _count_errors(p)
         elif s.rows == 0:  # only blank lines: nothing to score
-            write_shard(out, s.index, [])
+            write_shard(out, s.index, [], identity=shard_identity(fingerprint, s))
             summary.shards_written += 1
         else:
             if state == "bad" and progress:
-                print(f"[fliprm] shard {s.index:05d} is unreadable or incomplete: redoing it",
+                print(f"[fliprm] shard {s.index:05d} is unreadable, incomplete or not this "
+                      "run's block: redoing it",
                       file=sys.stderr, flush=True)
             pending[s.index] = s
     if not pending:
@@ -298,7 +312,7 @@ def _run(ray: Any, plan: ShardPlan, out: Path, config: RewardConfig, runtime: Ru
             # a fixed pool: each actor holds a model or a replica, so no autoscaling churn
             compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=num_cpus_per_actor,
         )
-        _collect(ds, pending, out, summary, progress, on_shard)
+        _collect(ds, pending, fingerprint, out, summary, progress, on_shard)
     finally:
         if started_ray:
             ray.shutdown()
@@ -312,8 +326,9 @@ def _count_errors(path: Path) -> int:
     return len(col) - col.null_count
 
 
-def _collect(ds: Any, pending: dict[int, Shard], out: Path, summary: RaySummary,
-             progress: bool, on_shard: Callable[[ShardReport], None] | None) -> None:
+def _collect(ds: Any, pending: dict[int, Shard], fingerprint: str, out: Path,
+             summary: RaySummary, progress: bool,
+             on_shard: Callable[[ShardReport], None] | None) -> None:
     """Stream results to the driver and write each shard once all its rows are in."""
     buffers: dict[int, list[dict[str, Any]]] = {k: [] for k in pending}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -323,7 +338,7 @@ def _collect(ds: Any, pending: dict[int, Shard], out: Path, summary: RaySummary,
             if len(buffers[k]) < pending[k].rows:
                 continue
             rows = buffers.pop(k)
-            path = write_shard(out, k, rows)
+            path = write_shard(out, k, rows, identity=shard_identity(fingerprint, pending[k]))
             report = _report(k, rows, path, summary)
             if progress:
                 done = summary.shards_skipped + summary.shards_written

@@ -3,7 +3,10 @@
 A shard is a fixed block of input rows: JSONL physical lines ``[k*S + 1, (k+1)*S]`` or parquet
 rows ``[k*S, (k+1)*S)``. The split depends only on the file and ``shard_size``, so a rerun
 finds the same shards, and a shard whose ``shard-00012.parquet`` exists is finished: it was
-written to a temporary name and renamed, so it is never half there.
+written to a temporary name and renamed, so it is never half there. Each shard file records
+its identity (the plan's fingerprint, its index and its block's first and last input line):
+a file that is not its own block of this plan (copied over another, left by another run) is
+redone, never trusted.
 
 >>> plan = plan_shards("pairs.jsonl", shard_size=1000)  # doctest: +SKIP
 >>> [s.index for s in plan.shards if not shard_path("out", s.index).exists()]  # doctest: +SKIP
@@ -13,6 +16,7 @@ written to a temporary name and renamed, so it is never half there.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -22,11 +26,12 @@ from typing import Any
 
 from ..batch import Fields, record_to_args
 from ..errors import ConfigError, InputError
-from ..records import compare_manifests, input_identity
+from ..records import compare_manifests, input_identity, manifest_problem
 from ..result import FlipResult
 
 __all__ = [
-    "PlanLock", "Shard", "ShardPlan", "plan_shards", "read_shard", "shard_path", "write_shard",
+    "PlanLock", "Shard", "ShardPlan", "plan_fingerprint", "plan_shards", "read_shard",
+    "shard_identity", "shard_path", "write_shard",
 ]
 
 PLAN_FILE = "_plan.json"
@@ -71,9 +76,14 @@ def plan_shards(path: str | Path, shard_size: int, *, limit: int | None = None) 
     kind = _kind(path)
     shards: list[Shard] = []
     if kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        n = pq.ParquetFile(path).metadata.num_rows
+        try:
+            n = pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{path}: not a readable parquet file ({first})") from None
         n = n if limit is None else min(n, limit)
         for k, a in enumerate(range(0, n, shard_size)):
             b = min(a + shard_size, n)
@@ -110,6 +120,8 @@ def _parse_line(lineno: int, raw: bytes) -> dict[str, Any] | InputError:
         obj = json.loads(text)
     except ValueError as exc:
         return InputError(f"line {lineno}: broken JSON: {exc}")
+    except RecursionError:
+        return InputError(f"line {lineno}: JSON nested too deeply")
     if not isinstance(obj, dict):
         return InputError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -165,6 +177,8 @@ def read_shard(plan: ShardPlan, shard: Shard, flds: Fields) -> list[dict[str, An
                 row["args"] = json.dumps(record_to_args(rec, flds), ensure_ascii=True, default=str)
             except InputError as exc:
                 row["error"] = f"line {line}: {exc}"
+            except RecursionError:  # parsed, but too deep to write back as JSON
+                row["error"] = f"line {line}: JSON nested too deeply"
         out.append(row)
     return out
 
@@ -205,13 +219,34 @@ def shard_path(output_dir: str | Path, index: int) -> Path:
     return Path(output_dir) / f"shard-{index:05d}.parquet"
 
 
-def write_shard(output_dir: str | Path, index: int, rows: list[dict[str, Any]]) -> Path:
-    """Write one shard (rows sorted by line) to a temp file, then rename it into place."""
+#: the parquet schema metadata key that holds a shard's identity
+IDENTITY_KEY = b"fliprm.shard"
+
+
+def shard_identity(fingerprint: str, shard: Shard) -> dict[str, Any]:
+    """What a shard file must record to be trusted: the plan and the block it belongs to.
+
+    >>> shard_identity("ab12", Shard(index=1, start=2, stop=4, offset=0, rows=2))
+    {'plan': 'ab12', 'index': 1, 'first_line': 3, 'last_line': 4}
+    """
+    return {"plan": fingerprint, "index": shard.index, "first_line": shard.start + 1,
+            "last_line": shard.stop}
+
+
+def write_shard(output_dir: str | Path, index: int, rows: list[dict[str, Any]],
+                *, identity: dict[str, Any] | None = None) -> Path:
+    """Write one shard (rows sorted by line) to a temp file, then rename it into place.
+
+    ``identity`` (:func:`shard_identity`) goes into the file's schema metadata.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = sorted(rows, key=lambda r: r["line"])
-    table = pa.Table.from_pylist(rows, schema=result_schema())
+    schema = result_schema()
+    if identity is not None:
+        schema = schema.with_metadata({IDENTITY_KEY: json.dumps(identity, sort_keys=True)})
+    table = pa.Table.from_pylist(rows, schema=schema)
     final = shard_path(output_dir, index)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
@@ -219,10 +254,22 @@ def write_shard(output_dir: str | Path, index: int, rows: list[dict[str, Any]]) 
     return final
 
 
+def plan_fingerprint(meta: dict[str, Any]) -> str:
+    """A short hash of what makes a shard's rows valid: the input's content, the split and the
+    settings (not the input's path: a moved file is the same input)."""
+    ident = meta.get("input") or {}
+    key = {"input": {"sha256": ident.get("sha256"), "size": ident.get("size")},
+           **{k: meta.get(k) for k in ("shard_size", "total_rows", "settings")}}
+    blob = json.dumps(key, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 class PlanLock:
     """The output folder's ``_plan.json``: held under an exclusive lock for the whole run (a
     second run into the folder is refused), it records the input's identity (path, size,
-    sha256), the shard size and the reward's settings; a rerun with any other is refused."""
+    sha256), the shard size and the reward's settings; a rerun with any other is refused, and
+    so are shards in a folder whose plan is missing, empty or damaged (nothing says what they
+    belong to)."""
 
     def __init__(self, output_dir: Path) -> None:
         self.path = output_dir / PLAN_FILE
@@ -236,26 +283,43 @@ class PlanLock:
 
     def _read(self) -> dict[str, Any] | None:
         size = os.fstat(self.fd).st_size
-        if size == 0:
-            return None
-        raw = os.pread(self.fd, size, 0)
+        raw = os.pread(self.fd, size, 0) if size else b""
+        shards = next(self.path.parent.glob("shard-*.parquet"), None)
+        if not raw.strip():
+            if shards is not None:
+                # a deleted or emptied plan: any input or settings would "resume" these shards
+                raise ConfigError(
+                    f"{self.path.parent} holds shards ({shards.name}, ...) but no valid "
+                    f"{self.path.name} (missing or empty), so nothing says which input and "
+                    "settings they belong to: use a new output folder, or --force to start "
+                    "this one over")
+            return None  # a new folder (or a run killed before its plan was written)
         try:
             old = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             old = None
-        if not isinstance(old, dict):
-            raise ConfigError(f"{self.path} is damaged (not a JSON object); the shards next to "
-                              "it cannot be trusted: use a new output folder, or --force")
+        problem = "not a JSON object" if not isinstance(old, dict) else manifest_problem(old)
+        if problem is None:
+            assert isinstance(old, dict)
+            missing = [k for k in ("input", "settings", "shard_size", "total_rows") if k not in old]
+            problem = f"field {missing[0]!r} is missing" if missing else None
+        if problem is not None:
+            raise ConfigError(f"{self.path} is damaged ({problem}); no valid {self.path.name}, "
+                              "so the shards next to it cannot be trusted: use a new output "
+                              "folder, or --force")
         return old
 
-    def check(self, plan: ShardPlan, settings: dict[str, Any], *, force: bool = False) -> None:
+    def check(self, plan: ShardPlan, settings: dict[str, Any], *, force: bool = False) -> str:
+        """Refuse a folder of another run, record this run's plan; returns the plan's
+        fingerprint (:func:`plan_fingerprint`), which every shard written for it records."""
         ident = input_identity(plan.input)
         meta = {"input": ident, "shard_size": plan.shard_size, "total_rows": plan.total_rows,
                 "shards": len(plan.shards), "settings": settings}
-        old = None if force else self._read()
+        fingerprint = plan_fingerprint(meta)
         if force:
             for f in self.path.parent.glob("shard-*.parquet"):
                 f.unlink()
+        old = None if force else self._read()
         if old is not None:
             how = "use a new output folder, or --force to start this one over"
             compare_manifests(old, meta, str(self.path.parent), how=how)
@@ -263,11 +327,14 @@ class PlanLock:
                 if old.get(key) != meta[key]:
                     raise ConfigError(f"{self.path.parent} holds a run with another {key} "
                                       f"({old.get(key)!r} != {meta[key]!r}); {how}")
-            return
-        blob = json.dumps(meta, indent=2, default=str).encode()
+            if old.get("fingerprint") == fingerprint:
+                return fingerprint
+            # same run, recorded by an older fliprm (or the file moved): record the fingerprint
+        blob = json.dumps({**meta, "fingerprint": fingerprint}, indent=2, default=str).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, blob, 0)
         os.fsync(self.fd)
+        return fingerprint
 
     def release(self) -> None:
         os.close(self.fd)
