@@ -18,8 +18,9 @@ Report, per set and pick: the checkers' pass rates of the pick out of N=8 (promp
 and loose, instruction-level strict and loose, 95% bootstrap CIs over prompts), paired
 differences to random and to pointwise, the curve over N = 1, 2, 4, 8 (the first N candidates of
 each pool, the same pools for every pick) and items (candidates scored) per second. A prompt
-counts once every scoring row has scored all its candidates; prompts whose checkers need NLTK
-data that is not installed are left out and counted.
+counts once every scoring row has scored all its candidates; prompts whose checkers cannot give
+a verdict (NLTK data not installed, kwargs that leave an argument to chance) are left out and
+counted.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def _verdicts(pools: list[dict[str, Any]], name: str) -> tuple[dict[str, list], 
         try:
             out[p["key"]] = [asdict(verify(p, r, name)) for r in p["responses"]]  # type: ignore[arg-type]
         except VerifierUnavailable as exc:
-            missing[str(exc).split(" needs ")[0]] += 1
+            missing[f"{exc.instruction}: {exc.reason}"] += 1
         except InputError as exc:
             raise SystemExit(f"{name} key {p['key']!r}: {exc}") from None
     return out, missing
@@ -197,8 +198,7 @@ def report_set(name: str, pools: list[dict[str, Any]], results: Path, rows: list
     left = sum(missing.values())
     if left:
         why = ", ".join(f"{k} ({v})" for k, v in missing.most_common())
-        lines += [(f"{left} prompt(s) left out: checkers need NLTK data not installed here: "
-                  f"{why}."), ""]
+        lines += [f"{left} prompt(s) left out, a checker cannot give a verdict: {why}.", ""]
     if waiting:
         lines += [f"{waiting} prompt(s) not yet scored by every row.", ""]
     refs = ("random", "pointwise") if "pointwise" in rows else ("random",)

@@ -141,13 +141,14 @@ def test_report_waits_for_every_row_and_refuses_changed_candidates(bench, result
     from fliprm import verifiers
 
     def unavailable(row, response, suite):
-        raise verifiers.VerifierUnavailable(f"{suite} instruction 'x:y' needs NLTK data 'punkt_tab'")
+        raise verifiers.VerifierUnavailable("x", instruction=f"{suite}:x:y",
+                                            reason="NLTK data 'punkt_tab' not installed")
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(verifiers, "verify", unavailable)
         bench.main([*args, "--rows", "flip-short", "--report"])
-    assert ("3 prompt(s) left out: checkers need NLTK data not installed here: ifeval "
-            "instruction 'x:y' (3).") in capsys.readouterr().out
+    assert ("3 prompt(s) left out, a checker cannot give a verdict: ifeval:x:y: NLTK data "
+            "'punkt_tab' not installed (3).") in capsys.readouterr().out
     cands = results / "candidates-ifeval.jsonl"
     cands.write_text(cands.read_text().replace("fresh leaf", "fresh green leaf"))
     with pytest.raises(SystemExit, match=r"keywords-words\|0 was scored on another response"):

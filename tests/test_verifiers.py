@@ -85,9 +85,14 @@ def test_bad_rows_are_one_line_input_errors():
     with pytest.raises(InputError, match="unknown verifier suite"):
         verify(base, "a", "mmlu")  # type: ignore[arg-type]
     # the upstream checker would draw a random word limit: refused, not a coin flip
-    with pytest.raises(InputError, match="kwargs leave num_words unset"):
+    with pytest.raises(VerifierUnavailable, match="leave num_words unset or invalid") as e:
         verify({**base, "instruction_id_list": ["length_constraints:number_words"],
                 "kwargs": [{"relation": "less than"}]}, "a b", "ifeval")
+    assert e.value.instruction == "ifeval:length_constraints:number_words"
+    # an official IFEval row (key 1128-style): letter '#' is not a letter, the checker draws one
+    with pytest.raises(VerifierUnavailable, match="leave letter unset or invalid"):
+        verify({**base, "instruction_id_list": ["keywords:letter_frequency"], "kwargs": [
+            {"let_relation": "at least", "letter": "#", "let_frequency": 4}]}, "a", "ifeval")
     # a kwargs column stored as JSON text and null kwargs (HF struct columns) are read
     row = {**base, "instruction_id_list": ["keywords:existence"],
            "kwargs": json.dumps([{"keywords": ["tea"], "num_words": None}])}

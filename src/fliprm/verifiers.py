@@ -32,7 +32,14 @@ _INSTALL = "the verifiers need their extra: pip install 'fliprm[verify]'"
 
 
 class VerifierUnavailable(FlipError):
-    """A checker cannot run here (its NLTK data is not installed); the message names both."""
+    """A checker cannot give a verdict: its NLTK data is not installed here, or the row's kwargs
+    leave an argument unset or invalid, so the upstream checker would draw it at random (a few
+    official IFEval/IFBench rows do). ``instruction`` and ``reason`` say which and why."""
+
+    def __init__(self, message: str, *, instruction: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.instruction = instruction
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -124,9 +131,13 @@ def _build(suite: str, iid: str, kwargs_json: str, prompt: str) -> Any:
         random.setstate(state)
     if _args_key(built[0]) != _args_key(built[1]):
         a, b = built[0].get_instruction_args() or {}, built[1].get_instruction_args() or {}
-        unset = sorted(k for k in a if a.get(k) != b.get(k))
-        raise InputError(f"{suite} instruction {iid!r}: kwargs leave {', '.join(unset)} unset "
-                         "(the checker would pick a random value)")
+        keys = sorted(k for k in a if a.get(k) != b.get(k))
+        unset, got = ", ".join(keys), {k: given.get(k) for k in keys}
+        # not an InputError: official rows do this (IFEval letter '#', IFBench n_start 0)
+        raise VerifierUnavailable(
+            f"{suite} instruction {iid!r}: kwargs leave {unset} unset or invalid (given {got}; "
+            "the checker would pick a random value)", instruction=f"{suite}:{iid}",
+            reason=f"kwargs leave {unset} to chance")
     return built[0]
 
 
@@ -140,7 +151,8 @@ def _follows(checker: Any, text: str, suite: str, iid: str) -> bool:
                                 "stopwords") if r in str(exc)), "an NLTK resource")
         raise VerifierUnavailable(
             f"{suite} instruction {iid!r} needs NLTK data {res!r}, which is not installed "
-            f"(fliprm never downloads it; `python -m nltk.downloader {res}` installs it)"
+            f"(fliprm never downloads it; `python -m nltk.downloader {res}` installs it)",
+            instruction=f"{suite}:{iid}", reason=f"NLTK data {res!r} not installed",
         ) from None
 
 
@@ -149,8 +161,9 @@ def verify(row: Mapping[str, Any], response: str, suite: Suite) -> Verdict:
 
     Raises InputError for a malformed row or an unknown instruction id (the upstream skips
     those, which would pass a prompt vacuously), MissingDependency without the ``verify`` extra
-    and VerifierUnavailable where a checker's NLTK data is not installed. A ``<think>`` block
-    is dropped first; an empty response fails everything.
+    and VerifierUnavailable where a checker's NLTK data is not installed or the kwargs would
+    leave its verdict to chance. A ``<think>`` block is dropped first; an empty response fails
+    everything.
 
     >>> row = {"prompt": "Answer in lowercase.", "kwargs": [{}],
     ...        "instruction_id_list": ["change_case:english_lowercase"]}

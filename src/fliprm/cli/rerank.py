@@ -100,7 +100,7 @@ def rerank(
 def _check_candidates(
     rows: list[dict[str, Any]], suite: str
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
-    """Verdicts per row id (one per candidate), and the rows whose checkers cannot run here."""
+    """Verdicts per row id (one per candidate), and the rows a checker cannot give a verdict for."""
     from ..errors import InputError
     from ..verifiers import VerifierUnavailable, verify
 

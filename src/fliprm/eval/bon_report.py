@@ -121,7 +121,7 @@ def write_verified_report(
     lines = [f"# Best-of-N against the {suite} checkers", ""]
     lines += [f"- {k}: `{v}`" for k, v in (meta or {}).items()]
     if excluded:
-        lines += ["", f"{len(excluded)} row(s) left out, their checkers cannot run here:", ""]
+        lines += ["", f"{len(excluded)} row(s) left out, a checker cannot give a verdict:", ""]
         lines += [f"- {rid}: {why}" for rid, why in excluded.items()]
     lines += [""]
     lines += [verified_markdown(s)] if s.get("methods") else ["No row could be checked."]
