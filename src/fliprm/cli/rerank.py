@@ -38,7 +38,7 @@ def rerank(
     (a pool of N is a seeded random subset of each row's candidates).
 
     With --verifier ifeval|ifbench every candidate is checked against its row's
-    instruction_id_list/kwargs (pip install 'fliprm[verify]'), and verify_report.md /
+    instruction_id_list/kwargs (needs the verify extra), and verify_report.md /
     verify_results.json give each method's pass rates (prompt- and instruction-level, strict
     and loose, 95% CIs) beside the longest, a random and the oracle pick.
 
