@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,11 +37,19 @@ def rerank(
     run_seed: Annotated[int, typer.Option("--run-seed", help="tie-break and shuffle seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
     retry_errors: RetryErrorsOpt = False,
+    verifier: Annotated[str | None, typer.Option(
+        "--verifier", help="ifeval|ifbench: label every candidate with the instruction checkers "
+        "(rows need instruction_id_list and kwargs); writes verify_report.md")] = None,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
     bon_curve.png comparing the picks with a random pick and the oracle for N = 1, 2, 4, ...
     (a pool of N is a seeded random subset of each row's candidates).
+
+    With --verifier ifeval|ifbench every candidate is checked against its row's
+    instruction_id_list/kwargs (needs the verify extra), and verify_report.md /
+    verify_results.json give each method's pass rates (prompt- and instruction-level, strict
+    and loose, 95% CIs) beside the longest, a random and the oracle pick.
 
     Ties at the top are broken by a seeded uniform choice among the tied candidates
     (--run-seed). A row whose judge calls failed is an error record with no pick: left out of
@@ -52,8 +61,13 @@ def rerank(
 
     try:
         names = parse_methods(methods)
+        if verifier not in (None, "ifeval", "ifbench"):
+            fail(f"--verifier {verifier!r}: use ifeval or ifbench")
         rows = load_rows(input, prompt_field=prompt_field, candidates_field=candidates_field,
-                         id_field=id_field, label_field=label_field, limit=limit)
+                         id_field=id_field, label_field=label_field, limit=limit,
+                         instructions=verifier is not None)
+        # checked before any model call: a bad row fails now, not after the reranking
+        checked = _check_candidates(rows, verifier) if verifier else None
         engine, make = judges_for(settings, names)
         conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
         ident = input_identity(input)
@@ -79,6 +93,8 @@ def rerank(
                     "run_seed": run_seed,
                     "settings": {m: make(m, run_seed).identity() for m in names}}
             summary = write_bon_report(records, out, meta=meta)
+        if checked is not None:
+            verified = _write_verified(rows, records, checked, out, verifier, input, names)
     except FlipError as exc:
         fail(str(exc))
     for name, m in summary.get("methods", {}).items():
@@ -89,10 +105,60 @@ def rerank(
     if summary:
         typer.echo(f"random {summary['curve']['random'][-1]:.3f}  oracle "
                    f"{summary['curve']['oracle'][-1]:.3f}\nreport: {out / 'bon_report.md'}")
-    else:
+    if checked is not None:
+        _echo_verified(verified, out)
+    elif not summary:
         typer.echo(f"picks: {', '.join(str(out / f'{n}.jsonl') for n in names)}")
     # this selection's records, this run's and earlier runs' (as `fliprm score` does)
     raise typer.Exit(1 if report_failures(records) else 0)
+
+
+def _check_candidates(
+    rows: list[dict[str, Any]], suite: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Verdicts per row id (one per candidate), and the rows a checker cannot give a verdict for."""
+    from ..errors import InputError
+    from ..verifiers import VerifierUnavailable, verify
+
+    verdicts: dict[str, list[dict[str, Any]]] = {}
+    excluded: dict[str, str] = {}
+    for row in rows:
+        try:
+            verdicts[row["id"]] = [asdict(verify(row, c, suite)) for c in row["candidates"]]
+        except VerifierUnavailable as exc:
+            excluded[row["id"]] = str(exc)
+        except InputError as exc:
+            raise InputError(f"{row['where']}: {exc}") from None
+    return verdicts, excluded
+
+
+def _write_verified(rows: list[dict[str, Any]], records: list[dict[str, Any]],
+                    checked: tuple[dict[str, list[dict[str, Any]]], dict[str, str]],
+                    out: Path, suite: str, input: Path, names: list[str]) -> dict[str, Any]:
+    from ..eval.bon_report import write_verified_report
+
+    verdicts, excluded = checked
+    pools = {r["id"]: {"id": r["id"], "verdicts": verdicts[r["id"]], "scores": {}, "picks": {},
+                       "lengths": [len(c) for c in r["candidates"]]}
+             for r in rows if r["id"] in verdicts}
+    for rec in records:
+        if rec["id"] in pools:
+            pools[rec["id"]]["scores"][rec["method"]] = rec["scores"]
+            pools[rec["id"]]["picks"][rec["method"]] = rec["pick"]
+    meta = {"input": str(input), "methods": ",".join(names), "verifier": suite}
+    return write_verified_report(list(pools.values()), out, suite=suite, meta=meta,
+                                 excluded=excluded)
+
+
+def _echo_verified(s: dict[str, Any], out: Path) -> None:
+    for rid, why in s["excluded"].items():
+        typer.echo(f"not checked: row {rid}: {why}", err=True)
+    for name, m in s.get("methods", {}).items():
+        typer.echo(f"{name:16s} prompt strict {m['prompt_strict']['rate'] * 100:5.1f}%  "
+                   f"loose {m['prompt_loose']['rate'] * 100:5.1f}%  inst strict "
+                   f"{m['inst_strict']['rate'] * 100:5.1f}%  loose "
+                   f"{m['inst_loose']['rate'] * 100:5.1f}%")
+    typer.echo(f"report: {out / 'verify_report.md'}")
 
 
 def register(app: typer.Typer) -> None:

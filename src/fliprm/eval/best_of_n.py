@@ -36,10 +36,13 @@ __all__ = ["arerank", "load_rows", "pool_sizes", "summarize_bon"]
 def load_rows(
     path: str | Path, *, prompt_field: str = "prompt", candidates_field: str = "candidates",
     id_field: str = "id", label_field: str | None = None, limit: int | None = None,
+    instructions: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows as ``{"id", "prompt", "candidates", "labels"}``; bad rows raise InputError.
 
-    Rows without an id get their 1-based row number.
+    Rows without an id get their 1-based row number. With ``instructions`` (``rerank
+    --verifier``) each row must also carry the IFEval/IFBench ``instruction_id_list`` and
+    ``kwargs``, kept on the row with ``where`` (the file and line, for later error messages).
     """
     rows = []
     first_seen: dict[str, str] = {}
@@ -69,10 +72,23 @@ def load_rows(
         if row_id in first_seen:
             raise InputError(f"{where}: duplicate id {row_id!r} (first at {first_seen[row_id]})")
         first_seen[row_id] = where
-        rows.append({"id": row_id, "prompt": prompt, "candidates": cands, "labels": labels})
+        row = {"id": row_id, "prompt": prompt, "candidates": cands, "labels": labels}
+        if instructions:
+            row.update(_instruction_fields(rec, path, n))
+        rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     return rows
+
+
+def _instruction_fields(rec: dict[str, Any], path: str | Path, n: int) -> dict[str, Any]:
+    unit = "row" if Path(path).suffix.lower() in (".parquet", ".pq") else "line"
+    where = f"{path}: {unit} {n}"
+    ids, kwargs = rec.get("instruction_id_list"), rec.get("kwargs")
+    if not isinstance(ids, list) or not isinstance(kwargs, (list, str)):
+        raise InputError(f"{where}: --verifier needs 'instruction_id_list' and 'kwargs' lists "
+                         "(the IFEval/IFBench schema)")
+    return {"instruction_id_list": ids, "kwargs": kwargs, "where": where}
 
 
 async def arerank(
