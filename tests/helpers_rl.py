@@ -8,6 +8,7 @@ ChatML special tokens and template (decodes round-trip exactly, as with Qwen's t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,32 @@ def require_installed(package: str, why: str) -> None:
 
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed: {why}", allow_module_level=True)
+
+
+FRANCE = "Name the capital of France."
+
+
+def scripted_judge(messages: list[dict]) -> str:
+    """The FLIP judge of the real-library tests: an answer mentioning Paris is inferred as
+    :data:`FRANCE`, anything else as "Write about something else entirely.", and an answer
+    containing FAIL makes the call fail. Against "Write a haiku about rain." the second
+    scores word F1 4/9 (P 2/5, R 2/4)."""
+    from fliprm.errors import BadResponse
+
+    text = messages[-1]["content"]
+    if "FAIL" in text:
+        raise BadResponse("judge exploded")
+    inferred = FRANCE if "Paris" in text else "Write about something else entirely."
+    return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": inferred})
+
+
+def f1_reward() -> Any:
+    """A FlipReward on :func:`scripted_judge`, ``method="f1"`` explicitly (the library's
+    default method may change), failed parses as None rewards."""
+    from fliprm import FlipReward
+    from fliprm.backends.fake import FakeBackend
+
+    return FlipReward(
+        FakeBackend(lambda req: scripted_judge(req.messages)),
+        method="f1", parse_failure="error", max_retries=0,
+    )

@@ -10,12 +10,11 @@ and an answer containing FAIL makes the judge call fail.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from helpers_rl import require_installed
+from helpers_rl import FRANCE, f1_reward, require_installed, scripted_judge
 
 require_installed("verl", "pip install --no-deps -r requirements/rl-tests.txt (README, verl)")
 pytest.importorskip("fastapi")
@@ -31,13 +30,10 @@ from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.workers.reward_manager import get_reward_manager_cls
 
 import fliprm.integrations.verl as flip_verl
-from fliprm import FlipReward
-from fliprm.backends.fake import FakeBackend
 from fliprm.errors import BadResponse
 from fliprm.integrations import set_reward
 from fliprm.server import ServerThread, create_app
 
-FRANCE = "Name the capital of France."
 HAIKU = "Write a haiku about rain."
 ROWS = [  # (instruction, response, expected reward)
     (FRANCE, "Paris is the capital.", 1.0),
@@ -45,21 +41,6 @@ ROWS = [  # (instruction, response, expected reward)
     (HAIKU, "FAIL", 0.0),  # the judge call fails: verl gets failure_score (0.0), flagged
 ]
 EXPECTED = [r for _, _, r in ROWS]
-
-
-def judge_reply(messages: list[dict]) -> str:
-    text = messages[-1]["content"]
-    if "FAIL" in text:
-        raise BadResponse("judge exploded")
-    inferred = FRANCE if "Paris" in text else "Write about something else entirely."
-    return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": inferred})
-
-
-def f1_reward() -> FlipReward:
-    return FlipReward(
-        FakeBackend(lambda req: judge_reply(req.messages)),
-        method="f1", parse_failure="error", max_retries=0,
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +180,7 @@ async def test_reward_loop_with_verl_managed_judge_router(tiny_tokenizer, tiny_t
         body = await request.json()
         seen.append(body)
         try:
-            content = judge_reply(body["messages"])
+            content = scripted_judge(body["messages"])
         except BadResponse:
             content = "not json at all"  # parse_failure="error": a failed item
         return {
