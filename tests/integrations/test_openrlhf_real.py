@@ -5,18 +5,22 @@ HTTP from a real ``fliprm serve`` on 127.0.0.1 (its aiohttp client) and through 
 (``reward_func`` loaded by path).
 
 Only the generation engine is a stand-in (vLLM needs a GPU): it returns scripted token ids of
-a tiny in-process tokenizer. The judge is scripted for ``method="f1"`` (tests/helpers_rl.py).
+a tiny in-process tokenizer. The judge (``method="f1"``, explicitly) infers exactly the
+response it was shown, so each reward is the word F1 between the label and the response
+fliprm cut out of OpenRLHF's query: any prompt or template text left in would change it.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
 
-from helpers_rl import FRANCE, f1_reward, require_installed
+from helpers_fliprm import shown_response
+from helpers_rl import FRANCE, require_installed
 
 require_installed("openrlhf", "pip install --no-deps -r requirements/rl-tests.txt (README, OpenRLHF)")
 pytest.importorskip("fastapi")
@@ -24,16 +28,30 @@ pytest.importorskip("fastapi")
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 
 import fliprm.integrations.openrlhf as flip_openrlhf
+from fliprm import FlipReward
+from fliprm.backends.fake import FakeBackend
+from fliprm.errors import BadResponse
 from fliprm.integrations import set_reward
 from fliprm.server import ServerThread, create_app
 
 HAIKU = "Write a haiku about rain."
 CASES = [  # (instruction = the label, response, finish, expected reward, judge failed)
-    (FRANCE, "Paris is the capital.", "stop", 1.0, 0.0),
-    (HAIKU, "Soft rain on the roof.", "stop", 4 / 9, 0.0),
-    (FRANCE, "Paris, and then the text was cut", "length", 1.0, 0.0),  # no EOS
-    (HAIKU, "FAIL", "stop", 0.0, 1.0),
+    (FRANCE, "Paris is the capital.", "stop", 2 / 7, 0.0),  # P 1/3, R 1/4
+    (HAIKU, "A haiku about rain, write it.", "stop", 8 / 9, 0.0),  # P 4/5, R 1
+    (HAIKU, "Rain haiku", "length", 2 / 3, 0.0),  # cut at max_tokens: no EOS; P 1, R 1/2
+    (HAIKU, "FAIL", "stop", 0.0, 1.0),  # the judge call fails: failure_score, flagged
 ]
+
+
+def echo_judge(req) -> str:
+    shown = shown_response(req)
+    if "FAIL" in shown:
+        raise BadResponse("judge exploded")
+    return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": shown})
+
+
+def echo_reward() -> FlipReward:
+    return FlipReward(FakeBackend(echo_judge), method="f1", parse_failure="error", max_retries=0)
 
 
 @dataclass
@@ -86,7 +104,7 @@ def _no_override():
 
 @pytest.fixture
 def fliprm_server():
-    with ServerThread(create_app(f1_reward())) as srv:
+    with ServerThread(create_app(echo_reward())) as srv:
         yield srv
 
 
@@ -104,18 +122,16 @@ async def test_remote_rm_url_http_client_against_fliprm_serve(tiny_tokenizer, fl
 
 async def test_several_remote_urls_rotate_and_each_answers(tiny_tokenizer, fliprm_server):
     """A list of URLs: 0.11 sends each single-sample call to the next URL in turn."""
-    with ServerThread(create_app(f1_reward())) as second:
+    with ServerThread(create_app(echo_reward())) as second:
         executor = SingleTurnAgentExecutor(
             remote_rm_url=[fliprm_server.url + "/get_reward", second.url + "/get_reward"]
         )
         rewards = [
-            (await rollout(executor, tiny_tokenizer, FRANCE, "Paris is the capital.", "stop"))[
-                "reward"
-            ]
+            (await rollout(executor, tiny_tokenizer, HAIKU, "Rain haiku", "stop"))["reward"]
             for _ in range(2)
         ]
         items = [_metric(srv.url, "fliprm_items_total") for srv in (fliprm_server, second)]
-    assert rewards == [[1.0], [1.0]]
+    assert rewards == [pytest.approx([2 / 3])] * 2
     assert items == [1, 1]
 
 
