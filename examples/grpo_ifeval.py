@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="in-process judge: embedded, gguf:PATH, openai[:MODEL] or fake")
     p.add_argument("--judge-base-url", help="URL of an openai judge backend, ending in /v1")
     p.add_argument("--method", choices=("pmi", "likelihood", "f1"),
-                   help="FLIP method (default: the rl preset's)")
+                   help="FLIP method of an in-process judge (default: the rl preset's); "
+                   "a fliprm serve uses its own --method")
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8, help="per device, in completions")
