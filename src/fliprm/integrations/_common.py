@@ -337,7 +337,9 @@ class ServerScorer:
         if self.expect and self._checked is None:
             try:
                 await self.check_settings()
-            except (httpx.HTTPError, ValueError) as exc:
+            except ConfigError:
+                raise  # the settings differ: refuse, never score with the wrong reward
+            except (httpx.HTTPError, ValueError) as exc:  # unreachable or not JSON: retry later
                 msg = f"fliprm server {self.base_url}/health: {type(exc).__name__}: {exc}"
                 return [self._failed(msg) for _ in instructions]
         items = []
