@@ -29,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @reward_options(preset="rl", default_cache=False)
+    @reward_options(preset="rl", default_cache=False, env=True)
     def serve(
         settings: CliSettings,
         host: Annotated[
@@ -70,8 +70,10 @@ def register(app: typer.Typer) -> None:
         """Serve FLIP rewards: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, /metrics.
 
         Starts from the RL preset (parse failures are errors, responses cut at 8,000
-        characters, the echo guard on); every reward flag changes it. No response cache
-        unless --cache PATH is given (then at most --cache-max-entries completions)."""
+        characters, the echo guard on); every reward flag changes it, and a setting without
+        its flag comes from FLIPRM_<SETTING> (FLIPRM_METHOD, FLIPRM_PRESET, ...), as for the
+        RL adapters, so one environment configures both. No response cache unless --cache
+        PATH is given (then at most --cache-max-entries completions)."""
         if not is_loopback(host) and not server_api_key:
             fail(f"--host {host} is reachable from other machines: set --api-key or FLIPRM_API_KEY")
         # The server's key must not leak to an upstream openai backend via its env fallback.

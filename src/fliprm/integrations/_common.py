@@ -21,7 +21,16 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .._sync import Portal
-from ..config import PRESETS, RewardConfig, RuntimeOptions, describe_differences, make_config
+from ..config import (
+    ENV_PREFIX,
+    PRESETS,
+    RewardConfig,
+    RuntimeOptions,
+    describe_differences,
+    env_settings,
+    make_config,
+    name_env_vars,
+)
 from ..errors import ConfigError
 from ..result import FlipResult
 from ..reward import FlipReward
@@ -37,7 +46,7 @@ __all__ = [
     "set_reward",
 ]
 
-_ENV = "FLIPRM_"
+_ENV = ENV_PREFIX
 
 
 class AdapterOptions(BaseModel):
@@ -89,14 +98,8 @@ class FlipSettings:
         unknown = set(overrides) - known_settings()
         if unknown:
             raise ConfigError(f"unknown FLIP reward settings: {sorted(unknown)}")
-        values: dict[str, Any] = {}
-        from_env: dict[str, str] = {}
-        for group in _GROUPS:
-            for name in group.model_fields:
-                raw = os.environ.get(_ENV + name.upper())
-                if raw is not None and raw != "":
-                    values[name] = _coerce(name, raw)
-                    from_env[name] = raw
+        from_env = env_settings(n for g in _GROUPS for n in g.model_fields)
+        values: dict[str, Any] = {k: _coerce(k, raw) for k, raw in from_env.items()}
         given = {k: v for k, v in overrides.items() if k != "preset" and v is not None}
         values.update(given)
         for k in given:
@@ -153,22 +156,6 @@ class FlipSettings:
 
 def known_settings() -> set[str]:
     return {n for g in _GROUPS for n in g.model_fields} | {"preset"}
-
-
-def name_env_vars(message: str, from_env: Mapping[str, str]) -> str:
-    """Rewrite ``field: why`` parts of a one-line config error as ``FLIPRM_FIELD='raw': why``
-    where the value came from the environment, so the error names what to fix.
-
-    >>> name_env_vars("max_tokens: must be >= 1", {"max_tokens": "0"})
-    "FLIPRM_MAX_TOKENS='0': must be >= 1"
-    """
-    parts = []
-    for part in message.split("; "):
-        field, sep, why = part.partition(": ")
-        if sep and field in from_env:
-            part = f"{_ENV}{field.upper()}={from_env[field]!r}: {why}"
-        parts.append(part)
-    return "; ".join(parts)
 
 
 def _coerce(name: str, raw: str) -> Any:
