@@ -529,7 +529,8 @@ def method_logs(res: FlipResult) -> dict[str, float]:
 
 
 def failed(res: FlipResult) -> bool:
-    return res.error is not None or res.reward is None
+    """True where ``res`` has no usable reward: an error, or no finite number."""
+    return res.error is not None or not _is_number(res.reward)
 
 
 def reward_or_none(res: FlipResult) -> float | None:
