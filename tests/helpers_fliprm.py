@@ -82,3 +82,49 @@ class OpenAIStandIn:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FliprmStandIn:
+    """A stand-in ``fliprm serve`` on 127.0.0.1 for client-side tests: POST /v1/score is
+    answered with ``reply(body)`` (any JSON value, NaN included, so malformed replies can be
+    scripted), GET /health with ``health`` (404 when None). Bodies are kept in ``bodies``."""
+
+    def __init__(self, reply, health=None) -> None:
+        import http.server
+        import json
+        import threading
+
+        outer = self
+        self.bodies: list[dict] = []
+        self.health = health
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, obj, status: int = 200) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path != "/health" or outer.health is None:
+                    self._send({"detail": "Not Found"}, 404)
+                    return
+                self._send(outer.health)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                self._send(reply(body))
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

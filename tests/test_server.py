@@ -38,7 +38,8 @@ def echo_judge(delay_s: float = 0.0) -> FakeBackend:
 
 def serve(backend=None, **app_options) -> ServerThread:
     rm = FlipReward(
-        backend or echo_judge(), parse_failure="error", template="flip-short", max_retries=0
+        backend or echo_judge(), parse_failure="error", template="flip-short", max_retries=0,
+        method="f1",  # the echo judge answers FLIP JSON
     )
     return ServerThread(create_app(rm, **app_options)).start()
 
@@ -67,6 +68,8 @@ def test_score_route_returns_flip_results_in_order(fast_server):
     assert res[0]["reward"] == 1.0 and res[0]["id"] == "a" and res[0]["parse_ok"] is True
     assert res[1]["reward"] == 0.0 and res[1]["inferred_instruction"] == "delta"
     assert res[2]["reward"] is None and "empty" in res[2]["error"]
+    # each result names its item's place in the request, for clients to check
+    assert [x["index"] for x in res] == [0, 1, 2] and "id" not in res[1]
     assert httpx.post(fast_server.url + "/v1/score", json={"items": []}).json()["results"] == []
     assert httpx.post(fast_server.url + "/v1/score", json={"itemz": []}).status_code == 422
 
@@ -81,6 +84,8 @@ def test_get_reward_openrlhf_shape_and_empty_lists(fast_server):
     out = httpx.post(fast_server.url + "/get_reward", json=body).json()
     assert out["rewards"] == [1.0, 0.0] and out["scores"] == [1.0, 0.0]
     assert out["extra_logs"]["flip_failed"] == [0.0, 0.0]
+    assert out["extra_info"] == {"flip_method": ["f1", "f1"],
+                                 "flip_inferred_instruction": ["alpha beta", ""]}
     # OpenRLHF sends empty lists to all but the first of several URLs
     empty = httpx.post(
         fast_server.url + "/get_reward", json={"query": [], "prompts": [], "labels": []}
@@ -89,7 +94,9 @@ def test_get_reward_openrlhf_shape_and_empty_lists(fast_server):
     assert empty.json() == {
         "rewards": [],
         "scores": [],
-        "extra_logs": {"flip_parse_ok": [], "flip_failed": []},
+        "extra_logs": {"flip_failed": [], "flip_precision": [], "flip_recall": [],
+                       "flip_parse_ok": []},
+        "extra_info": {"flip_method": [], "flip_inferred_instruction": []},
     }
     bad = httpx.post(
         fast_server.url + "/get_reward", json={"query": ["q"], "prompts": [], "labels": ["l"]}

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -370,3 +372,33 @@ def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str =
 
 def as_path(value: str | Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+#: env vars that configure a setting are this prefix plus the field name in upper case
+ENV_PREFIX = "FLIPRM_"
+
+
+def env_settings(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The raw ``FLIPRM_<NAME>`` values that are set and not empty, by field name.
+
+    >>> env_settings(["max_tokens", "method"], {"FLIPRM_MAX_TOKENS": "64", "FLIPRM_METHOD": ""})
+    {'max_tokens': '64'}
+    """
+    env = os.environ if environ is None else environ
+    return {n: env[ENV_PREFIX + n.upper()] for n in names if env.get(ENV_PREFIX + n.upper())}
+
+
+def name_env_vars(message: str, from_env: Mapping[str, str]) -> str:
+    """Rewrite the ``field: why`` parts of a one-line config error as ``FLIPRM_FIELD='raw': why``
+    where the value came from the environment, so the error names what to fix.
+
+    >>> name_env_vars("max_tokens: must be >= 1", {"max_tokens": "0"})
+    "FLIPRM_MAX_TOKENS='0': must be >= 1"
+    """
+    parts = []
+    for part in message.split("; "):
+        field, sep, why = part.partition(": ")
+        if sep and field in from_env:
+            part = f"{ENV_PREFIX}{field.upper()}={from_env[field]!r}: {why}"
+        parts.append(part)
+    return "; ".join(parts)

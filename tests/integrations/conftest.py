@@ -35,6 +35,8 @@ def fake_reward() -> Iterator[Callable[..., FlipReward]]:
     def install(
         reply: Callable[[GenerateRequest], object] = judge_reply, **kw: object
     ) -> FlipReward:
+        # the scripted judge answers FLIP JSON: the F1 method, named so no default decides it
+        kw = {"method": "f1", **kw}
         rm = FlipReward(FakeBackend(reply), parse_failure="error", max_retries=0, **kw)  # type: ignore[arg-type]
         set_reward(rm)
         made.append(rm)

@@ -69,3 +69,11 @@ def test_every_fliprm_setting_is_a_flip_field_of_the_verifier_config():
                              "flip_template": "flip", "unrelated": 1})()
     s = FlipVerifierConfig.from_args(args).settings()
     assert (s.config.method, s.config.mask_echo, s.config.template) == ("likelihood", False, "flip")
+
+
+def test_unknown_keyword_is_an_error_and_rollout_state_is_known(fake_reward):
+    fake_reward()
+    v = FlipVerifier()
+    assert v([], "Paris.", INSTR, rollout_state=object()).score == 1.0
+    with pytest.raises(TypeError, match="bogus"):
+        v([], "Paris.", INSTR, bogus=1)

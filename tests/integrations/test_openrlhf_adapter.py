@@ -32,13 +32,16 @@ def test_reward_func_returns_tensors_when_torch_is_present(fake_reward):
         queries=[PROMPT + "Paris.<|im_end|>", PROMPT + "FAIL<|im_end|>", PROMPT + "<|im_end|>"],
         prompts=[PROMPT] * 3,
         labels=[INSTR, INSTR, INSTR],
-        extra_kw="ignored",
+        method="f1",
     )
-    assert set(out) == {"rewards", "scores", "extra_logs"}
+    assert set(out) == {"rewards", "scores", "extra_logs", "extra_info"}
     assert isinstance(out["rewards"], torch.Tensor)
     assert out["rewards"].tolist() == [1.0, 0.0, 0.0]
     assert out["scores"].tolist() == [1.0, 0.0, 0.0]
     assert out["extra_logs"]["flip_failed"].tolist() == [0.0, 1.0, 0.0]
+    assert out["extra_logs"]["flip_precision"].tolist() == [1.0, 0.0, 0.0]
+    assert out["extra_info"]["flip_method"] == ["f1"] * 3
+    assert out["extra_info"]["flip_inferred_instruction"] == [INSTR, "", ""]
 
 
 def test_reward_func_returns_lists_without_torch(fake_reward, monkeypatch):
@@ -75,3 +78,11 @@ def test_file_loads_by_path_like_openrlhf(fake_reward):
     fake_reward()
     out = loaded.reward_func([PROMPT + "Paris.<|im_end|>"], [PROMPT], [INSTR])
     assert list(out["rewards"]) == [1.0]
+
+
+def test_unknown_keyword_is_an_error(fake_reward):
+    from fliprm.errors import ConfigError
+
+    fake_reward()
+    with pytest.raises(ConfigError, match="extra_kw"):
+        reward_func([PROMPT + "Paris.<|im_end|>"], [PROMPT], [INSTR], extra_kw="ignored")

@@ -131,9 +131,11 @@ def test_grpo_through_fliprm_server(tiny_policy, embedded_backend, tmp_path):
     from fliprm.integrations.trl import get_flip_reward
     from fliprm.server import ServerThread, create_app
 
-    rm = FlipReward(embedded_backend, template="flip-short", max_tokens=64, parse_failure="zero")
+    rm = FlipReward(embedded_backend, template="flip-short", max_tokens=64, parse_failure="zero",
+                    method="f1")
     with ServerThread(create_app(rm)) as srv:
-        reward = get_flip_reward(server_url=srv.url)
+        # the client names the method it trains on; the server must serve the same
+        reward = get_flip_reward(server_url=srv.url, method="f1")
         logs = _train(tiny_policy, reward, tmp_path)
         items = _metric(httpx.get(srv.url + "/metrics").text, "fliprm_items_total")
     _assert_judged_rewards(logs)

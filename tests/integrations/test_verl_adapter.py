@@ -15,17 +15,31 @@ INSTR = "Name the capital of France."
 
 async def test_instruction_comes_from_extra_info_question(fake_reward):
     fake_reward()
-    out = await compute_score("alpaca", "Paris.", "ignored", extra_info={"question": INSTR})
+    out = await compute_score("alpaca", "Paris.", "ignored", extra_info={"question": INSTR},
+                              method="f1")
     assert out["score"] == 1.0 and out["flip_failed"] == 0.0
-    assert all(isinstance(v, float) for v in out.values())
+    text = {"flip_method", "flip_inferred_instruction"}
+    assert all(isinstance(v, float) for k, v in out.items() if k not in text)
+    assert (out["flip_method"], out["flip_inferred_instruction"]) == ("f1", INSTR)
 
 
-async def test_falls_back_to_ground_truth_and_ignores_extra_kwargs(fake_reward):
+async def test_falls_back_to_ground_truth_and_accepts_verls_own_keywords(fake_reward):
     fake_reward()
     out = await compute_score(
-        "alpaca", "Paris.", INSTR, None, reward_model_tokenizer=None, unrelated=1
+        "alpaca", "Paris.", INSTR, None, reward_model_tokenizer=None, model_name="m",
+        sampling_params={"temperature": 1.0}, method="f1",
     )
     assert out["score"] == 1.0
+
+
+async def test_unknown_keyword_is_an_error_not_ignored(fake_reward):
+    from fliprm.errors import ConfigError
+
+    fake_reward()
+    with pytest.raises(ConfigError, match="bogus"):
+        await compute_score("alpaca", "Paris.", INSTR, bogus=1)
+    with pytest.raises(ConfigError, match="max_tokenz"):
+        compute_score_batch(["a"], ["Paris."], [INSTR], None, max_tokenz=3)
 
 
 async def test_failure_scores_failure_score_and_is_flagged(fake_reward):

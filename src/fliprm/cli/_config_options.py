@@ -26,7 +26,15 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import PRESETS, RewardConfig, RuntimeOptions, make_config
+from ..config import (
+    ENV_PREFIX,
+    PRESETS,
+    RewardConfig,
+    RuntimeOptions,
+    env_settings,
+    make_config,
+    name_env_vars,
+)
 from ..errors import ConfigError, FlipError
 from ..model import cache_dir
 from ..templates import Template
@@ -42,7 +50,8 @@ _ENVVARS = {"api_key": "FLIPRM_BACKEND_API_KEY"}
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
     """Print a one-line error (no traceback) and exit (2: usage or settings error)."""
-    err.print(f"[red]error:[/red] {escape(message)}")
+    # soft_wrap: one line however narrow the terminal, so logs and greps see it whole
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -129,13 +138,15 @@ _EXTRA = [
 
 def reward_options(
     *, preset: str = "default", exclude: Iterable[str] = (), default_cache: bool = True,
-    replicas: bool = False,
+    replicas: bool = False, env: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Typer command: add the derived flags, pass ``settings: CliSettings``.
 
     ``default_cache``: without ``--cache``/``--no-cache`` use ``<cache dir>/responses.sqlite``.
     ``replicas``: ``--base-url`` may be repeated (``score --ray``: one URL per replica); other
     commands talk to one server and refuse a second URL.
+    ``env``: a setting without its flag comes from ``FLIPRM_<FIELD>`` (and the preset from
+    ``FLIPRM_PRESET``), as for the RL adapters; a bad value is a one-line error naming the var.
     """
     exclude = set(exclude)
 
@@ -152,7 +163,7 @@ def reward_options(
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
             given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            kwargs["settings"] = _settings(given, preset, default_cache, replicas)
+            kwargs["settings"] = _settings(given, preset, default_cache, replicas, env)
             return fn(**kwargs)
 
         params = own + derived + extra
@@ -165,8 +176,30 @@ def reward_options(
     return deco
 
 
+#: settings ``fliprm serve`` does not take from ``FLIPRM_<FIELD>``: for a server,
+#: FLIPRM_API_KEY is the key clients must send (the backend's is FLIPRM_BACKEND_API_KEY)
+_NOT_FROM_ENV = frozenset({"api_key"})
+
+
+def _from_env(given: dict[str, Any]) -> dict[str, str]:
+    """Fill unset settings from ``FLIPRM_*``; return the raw values used, by field name."""
+    names = [n for m in (RewardConfig, RuntimeOptions) for n in m.model_fields
+             if n not in _NOT_FROM_ENV]
+    used = {k: v for k, v in env_settings([*names, "preset"]).items() if given.get(k) is None}
+    for k, raw in used.items():
+        if k == "base_url":
+            given[k] = [raw]
+        elif k == "cache":
+            if not given.get("no_cache"):
+                given[k] = Path(raw)
+        else:
+            given[k] = raw  # validated with the rest below (pydantic coerces "64", "false")
+    return used
+
+
 def _settings(given: dict[str, Any], preset: str, default_cache: bool,
-              replicas: bool = False) -> CliSettings:
+              replicas: bool = False, env: bool = False) -> CliSettings:
+    used = _from_env(given) if env else {}
     try:
         preset = given.pop("preset", None) or preset
         sys_t, user_t = given.pop("system_template", None), given.pop("user_template", None)
@@ -178,12 +211,13 @@ def _settings(given: dict[str, Any], preset: str, default_cache: bool,
         elif sys_t is not None:
             raise ConfigError("--system-template needs --user-template too")
         if isinstance(given.get("extra_body"), str):
+            where = f"{ENV_PREFIX}EXTRA_BODY" if "extra_body" in used else "--extra-body"
             try:
                 given["extra_body"] = json.loads(given["extra_body"])
             except ValueError as exc:
-                raise ConfigError(f"--extra-body is not JSON: {exc}") from None
+                raise ConfigError(f"{where} is not JSON: {exc}") from None
             if not isinstance(given["extra_body"], dict):
-                raise ConfigError("--extra-body must be a JSON object")
+                raise ConfigError(f"{where} must be a JSON object")
         urls = tuple(given.pop("base_url", None) or ())
         if len(urls) > 1 and not replicas:
             raise ConfigError(f"--base-url was given {len(urls)} times; this command talks to "
@@ -194,7 +228,7 @@ def _settings(given: dict[str, Any], preset: str, default_cache: bool,
         config = RewardConfig.preset(preset, **rc)
         runtime = make_config(RuntimeOptions, {**rt, "base_url": urls[0] if urls else None})
     except FlipError as exc:
-        fail(str(exc))
+        fail(name_env_vars(str(exc), used))
     path = None if no_cache else (cache or (_default_cache() if default_cache else None))
     return CliSettings(config, runtime, urls, path, cache is not None and not no_cache)
 

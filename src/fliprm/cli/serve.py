@@ -29,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @reward_options(preset="rl", default_cache=False)
+    @reward_options(preset="rl", default_cache=False, env=True)
     def serve(
         settings: CliSettings,
         host: Annotated[
@@ -48,8 +48,9 @@ def register(app: typer.Typer) -> None:
         request_timeout: Annotated[float, typer.Option(help="seconds per request (504)")] = 600.0,
         max_body_mb: Annotated[float, typer.Option(help="request body cap (413)")] = 16.0,
         failure_score: Annotated[
-            float, typer.Option(help="/get_reward value for failed items")
-        ] = 0.0,
+            float | None, typer.Option(
+                help="/get_reward value for failed items (env FLIPRM_FAILURE_SCORE; default 0)")
+        ] = None,
         graceful_timeout: Annotated[
             float, typer.Option(help="seconds to finish in-flight work")
         ] = 60.0,
@@ -70,8 +71,16 @@ def register(app: typer.Typer) -> None:
         """Serve FLIP rewards: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, /metrics.
 
         Starts from the RL preset (parse failures are errors, responses cut at 8,000
-        characters, the echo guard on); every reward flag changes it. No response cache
-        unless --cache PATH is given (then at most --cache-max-entries completions)."""
+        characters, the echo guard on); every reward flag changes it, and a setting without
+        its flag comes from FLIPRM_<SETTING> (FLIPRM_METHOD, FLIPRM_PRESET, ...), as for the
+        RL adapters, so one environment configures both. No response cache unless --cache
+        PATH is given (then at most --cache-max-entries completions)."""
+        if failure_score is None:
+            raw = os.environ.get("FLIPRM_FAILURE_SCORE") or "0"
+            try:
+                failure_score = float(raw)
+            except ValueError:
+                fail(f"FLIPRM_FAILURE_SCORE={raw!r}: not a number")
         if not is_loopback(host) and not server_api_key:
             fail(f"--host {host} is reachable from other machines: set --api-key or FLIPRM_API_KEY")
         # The server's key must not leak to an upstream openai backend via its env fallback.

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,10 +20,21 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .._sync import Portal
-from ..config import RewardConfig, RuntimeOptions, make_config
+from ..config import (
+    ENV_PREFIX,
+    PRESETS,
+    RewardConfig,
+    RuntimeOptions,
+    describe_differences,
+    env_settings,
+    make_config,
+    name_env_vars,
+)
 from ..errors import ConfigError
 from ..result import FlipResult
 from ..reward import FlipReward
+from ._replies import is_number as _is_number
+from ._replies import match_results
 
 __all__ = [
     "AdapterOptions",
@@ -36,7 +47,7 @@ __all__ = [
     "set_reward",
 ]
 
-_ENV = "FLIPRM_"
+_ENV = ENV_PREFIX
 
 
 class AdapterOptions(BaseModel):
@@ -68,7 +79,9 @@ class FlipSettings:
     ``FLIPRM_BACKEND=openai``, ``FLIPRM_BASE_URL=http://127.0.0.1:8000/v1``,
     ``FLIPRM_METHOD=f1``, ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``,
     ``FLIPRM_SERVER_URL=http://127.0.0.1:8080`` (score on a ``fliprm serve``), and
-    ``FLIPRM_PRESET`` picks another starting point.
+    ``FLIPRM_PRESET`` picks another starting point. ``explicit`` names the reward settings
+    that were asked for (env, keywords, or an explicit preset's own settings): with a
+    server, those and the method must match the server's, or the first call refuses.
 
     >>> FlipSettings.from_env(max_tokens=128).config.max_tokens
     128
@@ -77,28 +90,39 @@ class FlipSettings:
     config: RewardConfig
     runtime: RuntimeOptions
     adapter: AdapterOptions
+    explicit: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> FlipSettings:
-        """Env vars first, then ``overrides`` (unknown keys are ignored: frameworks pass extras)."""
-        values: dict[str, Any] = {}
-        for group in _GROUPS:
-            for name in group.model_fields:
-                raw = os.environ.get(_ENV + name.upper())
-                if raw is not None and raw != "":
-                    values[name] = _coerce(name, raw)
-        known = {n for g in _GROUPS for n in g.model_fields}
-        values.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        """Env vars first, then ``overrides``; an unknown override is a :class:`ConfigError`
+        (adapters drop their framework's own keywords before calling this)."""
+        unknown = set(overrides) - known_settings()
+        if unknown:
+            raise ConfigError(f"unknown FLIP reward settings: {sorted(unknown)}")
+        from_env = env_settings(n for g in _GROUPS for n in g.model_fields)
+        values: dict[str, Any] = {k: _coerce(k, raw) for k, raw in from_env.items()}
+        given = {k: v for k, v in overrides.items() if k != "preset" and v is not None}
+        values.update(given)
+        for k in given:
+            from_env.pop(k, None)
         if values.get("server_url") and not values.get("server_api_key") and values.get("api_key"):
             # with a server there is no in-process backend, so FLIPRM_API_KEY means the server's
             values["server_api_key"] = values["api_key"]
-        preset = overrides.get("preset") or os.environ.get(_ENV + "PRESET") or "rl"
+        preset = overrides.get("preset") or os.environ.get(_ENV + "PRESET") or None
+        explicit = {k for k in values if k in RewardConfig.model_fields}
+        if preset is not None and preset in PRESETS:
+            # a preset asked for by name sets its own settings and, implicitly, the method
+            explicit |= set(PRESETS[preset]) | {"method"}
         parts = [{k: v for k, v in values.items() if k in g.model_fields} for g in _GROUPS]
-        return cls(
-            config=RewardConfig.preset(preset, **parts[0]),
-            runtime=make_config(RuntimeOptions, parts[1]),
-            adapter=make_config(AdapterOptions, parts[2]),
-        )
+        try:
+            return cls(
+                config=RewardConfig.preset(preset or "rl", **parts[0]),
+                runtime=make_config(RuntimeOptions, parts[1]),
+                adapter=make_config(AdapterOptions, parts[2]),
+                explicit=frozenset(explicit),
+            )
+        except ConfigError as exc:
+            raise ConfigError(name_env_vars(str(exc), from_env)) from None
 
     def __getattr__(self, name: str) -> Any:
         # settings.max_tokens, settings.server_url, ...: one flat view of the three parts
@@ -113,7 +137,18 @@ class FlipSettings:
     def key(self) -> str:
         """A stable identity for the per-process scorer cache."""
         return json.dumps([self.config.fingerprint(), self.runtime.model_dump(mode="json"),
-                           self.adapter.model_dump(mode="json")], sort_keys=True, default=str)
+                           self.adapter.model_dump(mode="json"), sorted(self.explicit)],
+                          sort_keys=True, default=str)
+
+    def expected_identity(self) -> dict[str, Any]:
+        """The part of the reward identity a server must share: the method (it decides what
+        the reward means) and every setting asked for explicitly.
+
+        >>> FlipSettings.from_env(method="f1", max_tokens=64).expected_identity()
+        {'max_tokens': 64, 'method': 'f1'}
+        """
+        ident = self.config.identity()
+        return {k: ident[k] for k in sorted(self.explicit | {"method"}) if k in ident}
 
     def build_reward(self) -> FlipReward:
         """A :class:`FlipReward` for in-process scoring (loads nothing until the first call)."""
@@ -145,11 +180,16 @@ class Scorer(Protocol):
 
 
 _JSON = {"content-type": "application/json"}
-_RESULT_FIELDS = {f.name for f in dataclasses.fields(FlipResult)}
 
 
 class ServerScorer:
     """Scores on a ``fliprm serve`` through ``POST /v1/score``; retries 503 and lost connections.
+
+    Every item is sent with its position as ``id`` and matched back by it, so a reply that
+    drops, reorders or garbles results fails those items instead of shifting rewards. With
+    ``expect`` (identity fields, see :meth:`FlipSettings.expected_identity`), the first call
+    reads the server's settings from ``/health`` and refuses with a :class:`ConfigError` that
+    names every difference; a reply from a server whose fingerprint changed is checked again.
 
     >>> ServerScorer("http://127.0.0.1:8080").url
     'http://127.0.0.1:8080/v1/score'
@@ -163,12 +203,16 @@ class ServerScorer:
         timeout: float = 600.0,
         retries: int = 5,
         chunk_items: int = 256,
+        expect: Mapping[str, Any] | None = None,
     ) -> None:
-        self.url = server_url.rstrip("/") + "/v1/score"
+        self.base_url = server_url.rstrip("/")
+        self.url = self.base_url + "/v1/score"
         self.timeout = timeout
         self.retries = retries
         self.chunk_items = chunk_items
+        self.expect = dict(expect or {})
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._checked: str | None = None  # the server fingerprint that matched ``expect``
         self.calls = 0
 
     async def ascore(
@@ -177,6 +221,14 @@ class ServerScorer:
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
     ) -> list[FlipResult]:
+        if self.expect and self._checked is None:
+            try:
+                await self.check_settings()
+            except ConfigError:
+                raise  # the settings differ: refuse, never score with the wrong reward
+            except (httpx.HTTPError, ValueError) as exc:  # unreachable or not JSON: retry later
+                msg = f"fliprm server {self.base_url}/health: {type(exc).__name__}: {exc}"
+                return [self._failed(msg) for _ in instructions]
         items = []
         for i, instr in enumerate(instructions):
             item: dict[str, Any] = {"response": responses[i] if responses is not None else None}
@@ -188,21 +240,54 @@ class ServerScorer:
         step = max(1, self.chunk_items)
         chunks = [items[i : i + step] for i in range(0, len(items), step)]
         parts = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
-        return [r for part in parts for r in part]
+        seen = {fp for _, fp in parts if isinstance(fp, str)}
+        if self.expect and seen - {self._checked}:
+            # the server restarted with other settings mid-run: the rewards are the new
+            # server's, so they count only if its settings still match
+            await self.check_settings()
+        return [r for part, _ in parts for r in part]
 
-    async def _score_chunk(self, items: list[dict[str, Any]]) -> list[FlipResult]:
+    async def check_settings(self) -> None:
+        """Compare ``expect`` with the server's ``/health`` settings; raise on a difference."""
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers) as client:
+            resp = await client.get(self.base_url + "/health")
+        if resp.status_code not in (200, 503):  # 503: draining, still says who it is
+            resp.raise_for_status()
+        health = resp.json()
+        server = health.get("settings") if isinstance(health, dict) else None
+        if not isinstance(server, dict):
+            raise ConfigError(
+                f"fliprm server {self.base_url} does not report its settings on /health (an "
+                f"older fliprm?), so it cannot be checked against {sorted(self.expect)}; "
+                "upgrade the server or unset those settings on the client"
+            )
+        diffs = describe_differences({k: server.get(k) for k in self.expect}, self.expect)
+        if diffs:
+            raise ConfigError(
+                f"fliprm server {self.base_url} scores with other settings than this client "
+                f"asked for (server -> client): {'; '.join(diffs)}; set the same FLIPRM_* "
+                "settings on both, or drop them from the client"
+            )
+        self._checked = str(health.get("fingerprint"))
+
+    def _failed(self, msg: str) -> FlipResult:
+        return FlipResult(reward=None, error=msg)
+
+    async def _score_chunk(self, items: list[dict[str, Any]]) -> tuple[list[FlipResult], Any]:
         self.calls += 1
+        body = {"items": [{**it, "id": i} for i, it in enumerate(items)]}
         try:
-            data = await self._post({"items": items})
+            data = await self._post(body)
         except (httpx.HTTPError, ValueError) as exc:
             msg = f"fliprm server {self.url}: {type(exc).__name__}: {exc}"
-            return [FlipResult(reward=None, error=msg) for _ in items]
-        return [
-            FlipResult(**{k: v for k, v in r.items() if k in _RESULT_FIELDS})
-            for r in data["results"]
+            return [self._failed(msg) for _ in items], None
+        out = [
+            r if isinstance(r, FlipResult) else self._failed(f"fliprm server {self.url}: {r}")
+            for r in match_results(data, len(items))
         ]
+        return out, data.get("fingerprint") if isinstance(data, dict) else None
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, body: dict[str, Any]) -> Any:
         # A fresh client per call: adapters run on whatever event loop the framework owns, and a
         # pooled client must not outlive the loop it was created on.
         content = json.dumps(body).encode()
@@ -221,8 +306,7 @@ class ServerScorer:
                     await asyncio.sleep(float(resp.headers.get("retry-after", "1") or 1))
                     continue
                 resp.raise_for_status()
-                result: dict[str, Any] = resp.json()
-                return result
+                return resp.json()
         raise httpx.HTTPError("unreachable")  # pragma: no cover
 
 
@@ -258,7 +342,7 @@ def get_scorer(settings: FlipSettings) -> Scorer:
             if settings.server_url:
                 scorer = ServerScorer(
                     settings.server_url, api_key=settings.server_api_key,
-                    timeout=settings.server_timeout
+                    timeout=settings.server_timeout, expect=settings.expected_identity(),
                 )
             else:
                 scorer = settings.build_reward()
@@ -276,26 +360,81 @@ async def score_batch(
     responses: Sequence[Any],
     contexts: Sequence[Any] | None = None,
 ) -> list[FlipResult]:
-    """Score through the process scorer. An empty response scores 0 without a judge call: it is
-    a real (bad) policy output, not a judge failure, so it must not be skipped as None."""
+    """Score through the process scorer, one checked result per response.
+
+    An empty response scores 0 without a judge call: it is a real (bad) policy output, not a
+    judge failure, so it must not be skipped as None. A scorer that returns the wrong number
+    of results, or a reward that is not a finite number, fails those items (``error`` set):
+    a reward is never handed to another sample and never passed on unchecked.
+    """
+    scorer = get_scorer(settings)
+    # the scorer's own method where it has one (a FlipReward installed with set_reward)
+    method = getattr(getattr(scorer, "config", None), "method", None) or settings.config.method
     todo = [i for i, r in enumerate(responses) if not _blank(r)]
-    out = [
-        FlipResult(reward=0.0, precision=0.0, recall=0.0, parse_error="empty response")
-        for _ in responses
-    ]
+    out = [empty_result(method) for _ in responses]
     if todo:
-        got = await get_scorer(settings).ascore(
+        got = await scorer.ascore(
             [instructions[i] for i in todo],
             [responses[i] for i in todo],
             None if contexts is None else [contexts[i] for i in todo],
         )
+        if not isinstance(got, list) or len(got) != len(todo):
+            n = len(got) if isinstance(got, list) else type(got).__name__
+            msg = f"scorer returned {n} results for {len(todo)} items"
+            got = [FlipResult(reward=None, error=msg, method=method) for _ in todo]
         for i, res in zip(todo, got):
-            out[i] = res
+            out[i] = _checked(res, method)
     return out
 
 
+def empty_result(method: str) -> FlipResult:
+    """The result of an empty response: reward 0, and no F1 parts outside the F1 method."""
+    parts = {"precision": 0.0, "recall": 0.0} if method == "f1" else {}
+    return FlipResult(reward=0.0, parse_error="empty response", method=method, **parts)
+
+
+def _checked(res: Any, method: str) -> FlipResult:
+    if not isinstance(res, FlipResult):
+        return FlipResult(reward=None, error=f"scorer returned {type(res).__name__}, not a "
+                          "FlipResult", method=method)
+    if res.error is None and not _is_number(res.reward):
+        return dataclasses.replace(res, reward=None, method=method,
+                                   error=f"reward is not a finite number: {res.reward!r}")
+    if res.error is not None or res.reward is None:
+        # a failure carries no method of its own: label it with the one asked for, so
+        # per-method log keys stay the same for every sample of a batch
+        return dataclasses.replace(res, reward=None, method=method,
+                                   error=res.error or "no reward")
+    return res
+
+
+def method_logs(res: FlipResult) -> dict[str, float]:
+    """The numbers only ``res.method`` computes, named after what they are (0.0 where the item
+    failed or was empty: frameworks need the same keys for every sample of a batch).
+
+    >>> method_logs(FlipResult(reward=0.6, method="pmi", logprob=-1.0, extra={"pmi": 0.4}))
+    {'flip_pmi': 0.4, 'flip_logprob': -1.0}
+    """
+    ok = not failed(res)
+
+    def num(v: Any) -> float:
+        return float(v) if ok and _is_number(v) else 0.0
+
+    if res.method == "f1":
+        return {"flip_precision": num(res.precision), "flip_recall": num(res.recall),
+                "flip_parse_ok": float(ok and res.parse_ok)}
+    if res.method == "pmi":
+        return {"flip_pmi": num(res.extra.get("pmi")), "flip_logprob": num(res.logprob)}
+    return {"flip_logprob": num(res.logprob)}
+
+
+def failed(res: FlipResult) -> bool:
+    """True where ``res`` has no usable reward: an error, or no finite number."""
+    return res.error is not None or not _is_number(res.reward)
+
+
 def reward_or_none(res: FlipResult) -> float | None:
-    return None if res.error is not None else res.reward
+    return None if failed(res) else float(res.reward)  # type: ignore[arg-type]
 
 
 def run_sync(coro: Any) -> Any:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
-from ._common import FlipSettings, known_settings, run_sync, score_batch
+from ..result import FlipResult
+from ._common import FlipSettings, failed, known_settings, run_sync, score_batch
 
 __all__ = [
     "FlipVerifier",
@@ -74,16 +75,19 @@ def _label_text(label: Any) -> Any:
 
 
 class FlipVerifier:
-    """FLIP verifier: score = word F1 between the inferred instruction and ``label``.
+    """FLIP verifier: score = the FLIP reward of ``prediction`` for the instruction ``label``,
+    by the configured method (pmi under the RL default; word F1 with ``flip_method="f1"``).
 
-    A failed judge call scores 0.0 (open-instruct needs a number) and says why in ``reasoning``.
+    ``reasoning`` names the method and the reward, plus the inferred instruction where the
+    judge made one. A failed judge call scores ``failure_score`` (0.0: open-instruct needs a
+    number) and ``reasoning`` starts with ``flip failed:`` and says why.
 
     Example:
         >>> v = FlipVerifier(FlipVerifierConfig(flip_server_url="http://127.0.0.1:8080"))
         >>> v.name
         'general-flip'
         >>> v([], "Paris is the capital of France.", "Name the capital of France.")  # doctest: +SKIP
-        VerificationResult(score=0.8, cost=0.0, reasoning='inferred: ...')
+        VerificationResult(score=0.62, cost=0.0, reasoning='pmi reward 0.6200')
     """
 
     result_cls: type = VerificationResult
@@ -109,7 +113,7 @@ class FlipVerifier:
         prediction: str,
         label: Any,
         query: str | None = None,
-        **kwargs: Any,
+        rollout_state: Any = None,
     ) -> Any:
         return run_sync(self.async_call(tokenized_prediction, prediction, label, query))
 
@@ -119,20 +123,29 @@ class FlipVerifier:
         prediction: str,
         label: Any,
         query: str | None = None,
-        **kwargs: Any,
+        rollout_state: Any = None,
     ) -> Any:
         settings = self.verifier_config.settings()
         [res] = await score_batch(settings, [_label_text(label)], [prediction])
-        if res.error is not None or res.reward is None:
+        if failed(res):
             return self.result_cls(
                 score=settings.failure_score, cost=0.0, reasoning=f"flip failed: {res.error}"
             )
-        if res.inferred_instruction is None:
-            # e.g. an empty prediction scores 0 without a judge call: say so, not "None"
-            reasoning = f"no inferred instruction: {res.parse_error}"
-        else:
-            reasoning = f"inferred instruction: {res.inferred_instruction}"
-        return self.result_cls(score=float(res.reward), cost=0.0, reasoning=reasoning)
+        return self.result_cls(score=float(res.reward), cost=0.0, reasoning=_reasoning(res))
+
+
+def _reasoning(res: FlipResult) -> str:
+    """What the score is, in words: method and reward, then what else the judge said.
+
+    >>> _reasoning(FlipResult(reward=0.5, method="f1", inferred_instruction="Say hi."))
+    'f1 reward 0.5000; inferred instruction: Say hi.'
+    """
+    parts = [f"{res.method} reward {res.reward:.4f}"]
+    if res.inferred_instruction:
+        parts.append(f"inferred instruction: {res.inferred_instruction}")
+    if res.parse_error:
+        parts.append(res.parse_error)
+    return "; ".join(parts)
 
 
 def register_with_open_instruct() -> type:

@@ -6,6 +6,12 @@ For the HTTP mode, run ``fliprm serve`` and pass ``--reward.remote_url http://ho
 OpenRLHF hands over ``queries`` (prompt + response, decoded *with* special tokens), ``prompts``
 (the chat-templated prompt) and ``labels`` (``--data.label_key``). The instruction is the label:
 point ``--data.label_key`` at a column holding the raw instruction.
+
+Both modes return ``rewards`` = ``scores`` = the configured method's reward (pmi under the RL
+default, F1 with ``method="f1"``), numeric ``extra_logs`` named after what they are
+(``flip_failed`` and the method's own numbers, see :func:`rewards_payload`), and the text per
+sample under ``extra_info`` (``flip_method``, ``flip_inferred_instruction``), which OpenRLHF
+does not read but a wrapper or a log of the HTTP replies can.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 # Absolute imports: verl and OpenRLHF load this file by path, outside its package.
-from fliprm.integrations._common import FlipSettings, run_sync, score_batch
+from fliprm.integrations._common import (
+    FlipSettings,
+    failed,
+    method_logs,
+    run_sync,
+    score_batch,
+)
 from fliprm.reward import FlipResult
 
 __all__ = ["END_OF_TURN_MARKERS", "extract_response", "reward_func", "rewards_payload"]
@@ -66,16 +78,34 @@ def _label_text(label: Any) -> Any:
     return label
 
 
-def rewards_payload(results: Sequence[FlipResult], failure_score: float) -> dict[str, Any]:
-    """Results as OpenRLHF's reply: ``rewards``, ``scores`` (both F1), numeric ``extra_logs``."""
-    failed = [r.error is not None or r.reward is None for r in results]
-    rewards = [failure_score if f else float(r.reward) for r, f in zip(results, failed)]  # type: ignore[arg-type]
+def rewards_payload(
+    results: Sequence[FlipResult], failure_score: float, method: str = "pmi"
+) -> dict[str, Any]:
+    """Results as OpenRLHF's reply: ``rewards`` and ``scores`` (both the reward, or
+    ``failure_score`` for a failed item), numeric ``extra_logs`` (``flip_failed`` plus the
+    method's own numbers: ``flip_pmi``/``flip_logprob``, or ``flip_precision``/``flip_recall``/
+    ``flip_parse_ok`` for f1) and text under ``extra_info``. ``method`` names the logs of an
+    empty batch; otherwise the results' own method does.
+
+    >>> out = rewards_payload([FlipResult(reward=0.75, method="pmi", extra={"pmi": 1.1})], 0.0)
+    >>> out["rewards"], sorted(out["extra_logs"]), out["extra_info"]["flip_method"]
+    ([0.75], ['flip_failed', 'flip_logprob', 'flip_pmi'], ['pmi'])
+    """
+    bad = [failed(r) for r in results]
+    rewards = [failure_score if f else float(r.reward) for r, f in zip(results, bad)]  # type: ignore[arg-type]
+    logs: dict[str, list[float]] = {"flip_failed": [float(f) for f in bad]}
+    # one key set per batch, from a result that was scored (a failure may not name a method)
+    method = next((r.method for r, f in zip(results, bad) if not f), method)
+    per_item = [method_logs(r) for r in results]
+    for k in method_logs(FlipResult(reward=None, method=method)):
+        logs[k] = [d.get(k, 0.0) for d in per_item]
     return {
         "rewards": rewards,
         "scores": list(rewards),
-        "extra_logs": {
-            "flip_parse_ok": [float(r.parse_ok) for r in results],
-            "flip_failed": [float(f) for f in failed],
+        "extra_logs": logs,
+        "extra_info": {
+            "flip_method": [method] * len(results),
+            "flip_inferred_instruction": [r.inferred_instruction or "" for r in results],
         },
     }
 
@@ -101,16 +131,18 @@ async def ascore_openrlhf(
 def reward_func(
     queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any], **kwargs: Any
 ) -> dict[str, Any]:
-    """OpenRLHF file-mode reward: FLIP F1 per sample, as torch tensors when torch is present.
+    """OpenRLHF file-mode reward: the FLIP reward per sample (the configured method's: pmi
+    under the RL default), as torch tensors when torch is present. ``kwargs`` are FLIP
+    settings; an unknown keyword raises :class:`~fliprm.errors.ConfigError`.
 
     Example:
         >>> reward_func(["<prompt>Paris.<|im_end|>"], ["<prompt>"],
         ...             ["Name the capital of France."])  # doctest: +SKIP
-        {'rewards': tensor([0.5]), 'scores': tensor([0.5]), 'extra_logs': {...}}
+        {'rewards': tensor([0.62]), 'scores': tensor([0.62]), 'extra_logs': {...}, ...}
     """
     settings = FlipSettings.from_env(**kwargs)
     results = run_sync(ascore_openrlhf(queries, prompts, labels, settings))
-    payload = rewards_payload(results, settings.failure_score)
+    payload = rewards_payload(results, settings.failure_score, settings.config.method)
     try:
         import torch
     except ImportError:
@@ -121,4 +153,5 @@ def reward_func(
         "extra_logs": {
             k: torch.tensor(v, dtype=torch.float32) for k, v in payload["extra_logs"].items()
         },
+        "extra_info": payload["extra_info"],
     }

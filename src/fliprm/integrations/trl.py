@@ -1,8 +1,10 @@
 """FLIP as a TRL reward function (``GRPOTrainer(reward_funcs=...)``, ``trl grpo --reward_funcs``).
 
-FLIP (arXiv 2602.13551) asks a small LM to infer the instruction behind each completion and
-rewards the word-level F1 between the inferred and the real instruction, so the reward lies in
-[0, 1] and needs no reference answer.
+FLIP (arXiv 2602.13551) rewards a completion by how well it lets a small LM recover the
+instruction behind it, with no reference answer. The reward is the configured method's: under
+the RL default (``rl`` preset) ``pmi``, sigmoid(log p(x|y) - log p(x|empty)) with the echo
+guard; with ``method="f1"`` the paper's word-level F1 between the inferred and the real
+instruction; with ``method="likelihood"`` exp(mean log p(x|y)). All lie in [0, 1].
 
 Two entry points, both async (TRL runs async rewards concurrently):
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import FlipSettings, known_settings, reward_or_none, score_batch
+from ._common import FlipSettings, reward_or_none, score_batch
 
 __all__ = ["FlipRewardFunction", "flip_reward", "get_flip_reward"]
 
@@ -63,27 +65,30 @@ async def flip_reward(
     _settings: FlipSettings | None = None,
     **kwargs: Any,
 ) -> list[float | None]:
-    """FLIP reward for a batch of completions: word F1 of the inferred vs. the real instruction.
+    """FLIP reward for a batch of completions, by the configured method (pmi under the RL
+    default; word F1 of the inferred vs. the real instruction with ``FLIPRM_METHOD=f1``).
 
     Args:
         prompts (`list[str]` or `list[list[dict]]`): standard or conversational prompts; the
             instruction is the whole prompt, or the last user turn of a conversation.
         completions (`list[str]` or `list[list[dict]]`): the policy outputs.
-        log_extra (*optional*): TRL's logger; the inferred instructions are logged under
-            ``flip_inferred_instruction``.
+        log_extra (*optional*): TRL's logger; the inferred instruction of each completion
+            (f1, or a pmi/likelihood result that carries one) is logged under
+            ``flip_inferred_instruction`` (empty where the judge made none).
         **kwargs: dataset columns and trainer extras. With ``FLIPRM_INSTRUCTION_COLUMN`` set,
             the instruction is read from that column. Anything else is ignored.
 
     Returns:
-        `list[float | None]`: F1 in [0, 1]; ``None`` where the judge call failed (TRL then
-        skips the sample); 0.0 for an empty completion.
+        `list[float | None]`: the reward in [0, 1], one per completion and always its own;
+        ``None`` where the judge call failed or a server's reply was malformed for that item
+        (TRL then skips the sample); 0.0 for an empty completion.
 
     Example:
         >>> import asyncio, os
         >>> os.environ["FLIPRM_SERVER_URL"] = "http://127.0.0.1:8080"  # doctest: +SKIP
         >>> asyncio.run(flip_reward(prompts=["Name the capital of France."],
         ...                         completions=["Paris is the capital of France."]))  # doctest: +SKIP
-        [0.8]
+        [0.62]
     """
     settings = _settings or FlipSettings.from_env()
     completions = list(completions or [])
@@ -132,7 +137,4 @@ def get_flip_reward(**settings: Any) -> FlipRewardFunction:
         >>> reward.__name__, reward.settings.max_tokens
         ('flip_reward', 128)
     """
-    unknown = set(settings) - known_settings()
-    if unknown:
-        raise ConfigError(f"unknown FLIP reward settings: {sorted(unknown)}")
     return FlipRewardFunction(flip_reward, _settings=FlipSettings.from_env(**settings))

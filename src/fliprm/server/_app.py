@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
+from ..integrations._common import empty_result
 from ..integrations.openrlhf import extract_response, rewards_payload
 from ..result import FlipResult
 from ..reward import FlipReward
@@ -128,7 +129,8 @@ def create_app(
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
-        """Score a batch of items; results come back in input order as FlipResult dicts."""
+        """Score a batch of items; results come back in input order as FlipResult dicts, each with
+        its ``index`` in the request (and the item's ``id``, if it sent one)."""
         results = await run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
@@ -136,8 +138,10 @@ def create_app(
             request,
         )
         out = []
-        for it, res in zip(req.items, results):
-            d = res.to_dict()
+        for i, (it, res) in enumerate(zip(req.items, results)):
+            # index: the item's place in this request, so a client can check every result
+            # is the one for its item (adapters refuse to guess from list positions)
+            d = {**res.to_dict(), "index": i}
             if it.id is not None:
                 d["id"] = it.id
             out.append(d)
@@ -157,15 +161,12 @@ def create_app(
         labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
         responses = [extract_response(q, p) for q, p in zip(req.query, prompts)]
         results = await _score_nonblank(labels, responses, request)
-        return rewards_payload(results, failure_score)
+        return rewards_payload(results, failure_score, reward.config.method)
 
     async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
         # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
         todo = [i for i, r in enumerate(resp) if r.strip()]
-        out = [
-            FlipResult(reward=0.0, precision=0.0, recall=0.0, parse_error="empty response")
-            for _ in resp
-        ]
+        out = [empty_result(reward.config.method) for _ in resp]
         got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo),
                         request)
         for i, res in zip(todo, got):

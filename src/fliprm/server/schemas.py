@@ -48,6 +48,7 @@ class ScoreResponse(BaseModel):
     model: str
     #: the reward's settings fingerprint: clients can check every reply came from one reward
     fingerprint: str
+    #: FlipResult fields plus ``index`` (the item's place in the request) and ``id`` (echoed)
     results: list[dict[str, Any]]
 
 
@@ -63,3 +64,5 @@ class OpenRLHFResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+    #: text per sample (flip_method, flip_inferred_instruction); OpenRLHF reads only the above
+    extra_info: dict[str, list[str]] = Field(default_factory=dict)
