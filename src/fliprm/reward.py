@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ._net import redact
 from ._sync import Portal
 from ._types import Completion
 from .backends import Backend, build_backend
@@ -144,11 +145,18 @@ class FlipReward:
             cache = ResponseCache(cache)
         elif cache is None and self.runtime.cache and engine is None:
             cache = ResponseCache(self.runtime.cache)
+        # Every call gets a finite deadline by default, except on the in-process model: its
+        # work runs in a thread that a deadline cannot stop (it would only pile up behind it).
+        total = self.runtime.total_timeout
+        if total is None and self.backend.name != "embedded":
+            # derived from the backend's own per-attempt timeout where it has one
+            attempt = getattr(self.backend, "timeout", None) or self.runtime.timeout
+            total = self.runtime.model_copy(update={"timeout": attempt}).deadline_s
         self.engine = engine or Engine(
             self.backend,
             max_retries=self.runtime.max_retries,
             max_concurrency=self.runtime.concurrency,
-            total_timeout=self.runtime.total_timeout,
+            total_timeout=total,
             cache=cache,
         )
         self._portal = Portal()
@@ -164,6 +172,23 @@ class FlipReward:
     def identity(self) -> dict[str, Any]:
         """Every setting that changes this reward (what :meth:`fingerprint` hashes)."""
         return self.config.identity(self.backend.model_id)
+
+    async def aidentify(self) -> dict[str, Any]:
+        """:meth:`identity` after asking the backend what it serves (an HTTP judge's model, see
+        :meth:`fliprm.backends.openai.OpenAIBackend.identify`); retried like a call, and a
+        :class:`~fliprm.errors.BackendError` if the server cannot be reached. Entry points that
+        record the identity before scoring (resumable outputs) call this first; scoring does
+        it on its own before the first call.
+
+        >>> FlipReward("fake").identify()["model_id"]
+        'fake-eval'
+        """
+        await self.engine.identify()
+        return self.identity()
+
+    def identify(self) -> dict[str, Any]:
+        """Synchronous twin of :meth:`aidentify`."""
+        return self._portal.run(self.aidentify())
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -227,15 +252,16 @@ class FlipReward:
         t0 = time.perf_counter()
         try:
             res = await self._score_one(instruction, response, context, where)
+        # every message is redacted: a URL with credentials in it must not reach a result
         except (InputError, ConfigError) as exc:
             msg = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-            return FlipResult(reward=None, error=msg, **base)
+            return FlipResult(reward=None, error=redact(msg), **base)
         except FlipError as exc:
-            return FlipResult(reward=None, error=f"{where}: {type(exc).__name__}: {exc}",
+            return FlipResult(reward=None, error=redact(f"{where}: {type(exc).__name__}: {exc}"),
                               latency_s=time.perf_counter() - t0, **base)
         except Exception as exc:  # noqa: BLE001 - one item's bug must not fail the batch
-            return FlipResult(reward=None, error=f"{where}: internal error: "
-                              f"{type(exc).__name__}: {exc}",
+            return FlipResult(reward=None, error=redact(f"{where}: internal error: "
+                                                        f"{type(exc).__name__}: {exc}"),
                               latency_s=time.perf_counter() - t0, **base)
         res.model = self.backend.model_id
         res.latency_s = time.perf_counter() - t0
