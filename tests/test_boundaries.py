@@ -240,6 +240,28 @@ def test_a_resume_on_a_swapped_model_is_refused_as_a_settings_change(tmp_path):
         srv.close()
 
 
+def test_a_ray_run_on_a_swapped_model_is_refused_as_a_settings_change(tmp_path):
+    pytest.importorskip("ray")
+    from fliprm.config import RewardConfig
+    from fliprm.scale import score_file_ray
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n")  # no rows: the plan is checked and written, no Ray is started
+    srv = OpenAIStandIn(lambda b: _flip("x"), models=_vllm_models("/models/a"))
+    try:
+        config = RewardConfig(backend="openai:qwen05", method="f1")
+        runtime = RuntimeOptions(base_url=srv.url)
+        run = lambda: score_file_ray(inp, tmp_path / "out", config=config,
+                                     runtime=runtime, progress=False)
+        run()
+        run()  # same model: resumes
+        srv.models = _vllm_models("/models/b")
+        with pytest.raises(ConfigError, match="model_id"):
+            run()
+    finally:
+        srv.close()
+
+
 # ---- leaks ---------------------------------------------------------------------------------------
 
 
@@ -299,3 +321,23 @@ def test_the_servers_replies_never_carry_credentials():
             {"instruction": "Say hi.", "response": "Hi!"}]}).text
         health = client.get("/health").text
     assert "alice:***@" in scored and SECRET not in scored + health, scored
+
+
+def test_a_judges_resume_on_a_swapped_model_is_refused(tmp_path):
+    from fliprm.eval.best_of_n import arerank
+    from fliprm.judges import FlipJudge
+
+    srv = OpenAIStandIn(lambda b: _flip("Say hi."), models=_vllm_models("/models/a"))
+    rows = [{"id": "1", "prompt": "Say hi.", "candidates": ["Hi!", "Bye."]}]
+    out = tmp_path / "picks.jsonl"
+    try:
+        def run():
+            judge = FlipJudge(OpenAIBackend(base_url=srv.url, model="qwen05"), method="f1")
+            return asyncio.run(arerank(rows, judge, out=out))
+
+        assert len(run()) == 1
+        srv.models = _vllm_models("/models/b")
+        with pytest.raises(ConfigError, match="model_id"):
+            run()
+    finally:
+        srv.close()

@@ -235,11 +235,14 @@ def score_file_ray(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(input, shard_size, limit=limit)
-    # the identity of the reward the actors will build (the backend is built, not loaded)
+    # the identity of the reward the actors will build (the backend is built, not loaded; an
+    # HTTP judge is asked what it serves, so another model under the same name is refused)
     probe_rt = runtime.model_copy(update={"base_url": base_urls[0]}) if base_urls else runtime
     probe = FlipReward(config=config, runtime=probe_rt)
-    identity = {"reward": probe.identity(), "fields": asdict(fields)}
-    probe.close()
+    try:
+        identity = {"reward": probe.identify(), "fields": asdict(fields)}
+    finally:
+        probe.close()
     lock = PlanLock(out)
     try:
         lock.check(plan, identity, force=force)
