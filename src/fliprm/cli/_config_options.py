@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from .._net import redact
 from ..config import PRESETS, RewardConfig, RuntimeOptions, make_config
 from ..errors import ConfigError, FlipError
 from ..model import cache_dir
@@ -40,8 +41,9 @@ _ENVVARS = {"api_key": "FLIPRM_BACKEND_API_KEY"}
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
-    """Print a one-line error (no traceback) and exit (2: usage or settings error)."""
-    err.print(f"[red]error:[/red] {escape(message)}")
+    """Print a one-line error (no traceback) and exit (2: usage or settings error); URL
+    credentials in it are masked."""
+    err.print(f"[red]error:[/red] {escape(redact(message))}")
     raise typer.Exit(code)
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._net import redact
 from ..backends import is_local_model
 from ..batch import Fields, Summary
 from ..config import RewardConfig, RuntimeOptions
@@ -98,8 +99,8 @@ class FlipBatchScorer:
                 try:
                     out.extend(self.reward.score([a[0]], [a[1]], [a[2]]))
                 except Exception as exc:  # noqa: BLE001
-                    out.append(FlipResult(reward=None, error=f"internal error: "
-                                          f"{type(exc).__name__}: {exc}"))
+                    out.append(FlipResult(reward=None, error=redact(
+                        f"internal error: {type(exc).__name__}: {exc}")))
             return out
 
     def __call__(self, batch: Any) -> Any:
