@@ -143,8 +143,8 @@ class Engine:
             async with asyncio.timeout_at(clock.start()):
                 await ident()
         except TimeoutError:
-            if clock.at is None:
-                raise
+            if clock.at is None or asyncio.get_running_loop().time() < clock.at:
+                raise  # not this deadline's
             raise BackendTimeout(f"no completion within {self.total_timeout:g}s "
                                  "(total_timeout, asking the server what it serves)") from None
         except BackendError:
@@ -176,8 +176,8 @@ class Engine:
                     async with asyncio.timeout_at(deadline):
                         return await call()
                 except TimeoutError:
-                    if deadline is None:
-                        raise
+                    if deadline is None or loop.time() < deadline:
+                        raise  # not this deadline's
                     self.stats.failures += 1
                     raise BackendTimeout(f"no completion within {self.total_timeout:g}s "
                                          f"(total_timeout, {attempt + 1} attempt(s))") from None

@@ -46,7 +46,7 @@ def _retry_after(resp: httpx.Response) -> float | None:
 
 
 #: what a server's model entry or llama.cpp's /props may say about the weights it serves
-_ENTRY_KEYS = ("root", "max_model_len", "meta")
+_ENTRY_KEYS = ("root", "parent", "max_model_len", "meta")  # parent: a LoRA's base model
 _PROPS_KEYS = ("model_path", "model_sha256", "sha256", "model_hash", "hash")
 
 
@@ -170,7 +170,7 @@ class OpenAIBackend:
         """What the server says about the model it serves, asked once (within ``timeout``).
 
         ``GET /models``: the entry whose ``id`` is the served name (or the only entry) gives
-        ``root`` and ``max_model_len`` (vLLM) or ``meta`` (llama.cpp: parameter count, file
+        ``root``, ``max_model_len`` and a LoRA's ``parent`` (vLLM) or ``meta`` (llama.cpp: parameter count, file
         size); its ``owned_by`` gives the dialect. On llama.cpp, ``GET /props`` adds
         ``model_path`` and a hash where the server gives one. A server without these endpoints
         says nothing (``{}``): then only the served name and URL identify it. A server that
@@ -227,7 +227,7 @@ class OpenAIBackend:
             mine = entries
         if mine:
             info.update({k: mine[0][k] for k in _ENTRY_KEYS if mine[0].get(k) is not None})
-        if found == "llamacpp":
+        if (self._dialect or found) == "llamacpp":
             root = self.base_url.removesuffix("/v1")
             props = await self._get(root + "/props")
             try:
