@@ -35,10 +35,12 @@ def chat_reply(content: str, usage: bool = True) -> dict:
 
 class OpenAIStandIn:
     """A real HTTP server on 127.0.0.1 standing in for an OpenAI-compatible engine: every POST
-    body is kept in ``bodies`` and answered with ``reply(body)``; GET answers ``models`` (404
-    when None). ``drop_first_gets`` closes that many GETs unanswered (a server going away)."""
+    body is kept in ``bodies`` and answered with ``reply(body)``; GET answers ``gets[path]``
+    (e.g. llama.cpp's ``/props``) or else ``models`` (404 when None); both are attributes a
+    test may swap (a model changed under the same name). ``drop_first_gets`` closes that many
+    GETs unanswered (a server going away)."""
 
-    def __init__(self, reply, models=None, drop_first_gets: int = 0) -> None:
+    def __init__(self, reply, models=None, drop_first_gets: int = 0, gets=None) -> None:
         import http.server
         import json
         import threading
@@ -46,6 +48,8 @@ class OpenAIStandIn:
         outer = self
         self.bodies: list[dict] = []
         self.drop_gets = drop_first_gets
+        self.models = models
+        self.gets = dict(gets or {})
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _send(self, obj) -> None:
@@ -61,11 +65,14 @@ class OpenAIStandIn:
                     outer.drop_gets -= 1
                     self.close_connection = True
                     return
-                if models is None:
+                if self.path in outer.gets:
+                    self._send(outer.gets[self.path])
+                    return
+                if outer.models is None:
                     self.send_response(404)
                     self.end_headers()
                     return
-                self._send(models)
+                self._send(outer.models)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -128,3 +135,81 @@ class FliprmStandIn:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SlowServer:
+    """A raw HTTP server on 127.0.0.1 that never finishes a reply, for deadline tests.
+
+    ``mode="hang"`` reads each request and never answers; ``"trickle"`` sends a 200 header
+    promising a large JSON body, then one space per second; ``"busy"`` answers 503 (``status``)
+    with ``Retry-After: 3600``. ``requests`` counts the requests read."""
+
+    def __init__(self, mode: str, status: int = 503) -> None:
+        import socket
+        import threading
+
+        self.mode, self.status = mode, status
+        self.requests = 0
+        self._stop = threading.Event()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = self.root + "/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # the 0.2 s accept timeout, or closed
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        conn.settimeout(0.5)
+        try:
+            while not self._stop.is_set():
+                data = b""
+                while b"\r\n\r\n" not in data and not self._stop.is_set():
+                    try:
+                        chunk = conn.recv(65536)
+                    except OSError:
+                        chunk = None
+                    if chunk == b"":
+                        return
+                    data += chunk or b""
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                while len(body) < length and not self._stop.is_set():
+                    try:
+                        body += conn.recv(65536)
+                    except OSError:
+                        pass
+                self.requests += 1
+                if self.mode == "busy":
+                    conn.sendall(f"HTTP/1.1 {self.status} Busy\r\nRetry-After: 3600\r\n"
+                                 "Content-Length: 0\r\n\r\n".encode())
+                    continue
+                if self.mode == "trickle":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 100000\r\n\r\n")
+                while not self._stop.wait(1.0):
+                    if self.mode == "trickle":
+                        conn.sendall(b" ")
+                return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()

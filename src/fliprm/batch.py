@@ -126,7 +126,9 @@ async def score_file(
 
     Records are keyed by their input ``line`` (the user's ``id`` is kept beside it, or null),
     so a rerun skips the finished lines. The reward's settings and the input's identity are
-    recorded beside the output: a rerun with other settings or another input is refused
+    recorded beside the output (for an HTTP judge, with what its server says it serves: asked
+    first, a :class:`~fliprm.errors.BackendError` if it cannot be reached): a rerun with other
+    settings, another model under the same served name or another input is refused
     (:class:`~fliprm.errors.ConfigError`) unless ``force`` starts the output over; an input that
     only grew (rows appended) resumes.
 
@@ -141,6 +143,9 @@ async def score_file(
     ident = input_identity(inp)
     if input_label:
         ident["path"] = input_label
+    # an HTTP judge's identity includes what its server serves: a model swapped under the same
+    # name is another reward, and its resume is refused like any other settings change
+    await reward.aidentify()
     manifest = {"input": ident, "fingerprint": reward.fingerprint(),
                 "settings": {"reward": reward.identity(), "fields": asdict(fields)}}
     summary = Summary()

@@ -302,12 +302,30 @@ class RuntimeOptions(BaseModel):
 
     base_url: str | None = opt(None, "OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = opt(None, "bearer token for the backend server")
-    timeout: float = opt(120.0, "seconds per backend attempt")
-    total_timeout: float | None = opt(None, "seconds per item including retries")
+    timeout: float = opt(120.0, "seconds per backend attempt, all of it (not per read)")
+    total_timeout: float | None = opt(
+        None, "seconds per call including retries (default: timeout x (max_retries + 1) plus "
+        "the pauses between attempts)")
     max_retries: int = opt(3, "retries of transient backend errors")
     concurrency: int | None = opt(None, "calls in flight (default: the backend's own)")
     n_threads: int | None = opt(None, "embedded model: CPU threads (default: all allowed)")
     cache: str | None = opt(None, "SQLite response cache file", cli=False)
+
+    @property
+    def deadline_s(self) -> float:
+        """The total deadline of one call with its retries: ``total_timeout`` if given, else
+        every attempt's ``timeout`` plus the longest jittered pauses between them (the engine's
+        backoff: 0.5 s doubling, x1.5 jitter, at most 30 s each). Always finite.
+
+        >>> RuntimeOptions(timeout=10, max_retries=2).deadline_s
+        32.25
+        """
+        if self.total_timeout is not None:
+            return self.total_timeout
+        from .engine import MAX_BACKOFF_S
+
+        pauses = sum(min(0.5 * 2**k * 1.5, MAX_BACKOFF_S) for k in range(self.max_retries))
+        return self.timeout * (self.max_retries + 1) + pauses
 
     @field_validator("max_retries")
     @classmethod

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from ._net import MAX_RETRY_AFTER_S
 from ._types import Completion, GenerateRequest
 from .backends import Backend
 from .cache import ResponseCache, cache_key, cacheable_request
@@ -18,7 +19,12 @@ from .errors import BackendError, BackendTimeout, RateLimited
 if TYPE_CHECKING:
     from .config import RuntimeOptions
 
-__all__ = ["Engine", "EngineStats"]
+__all__ = ["MAX_BACKOFF_S", "Engine", "EngineStats"]
+
+#: the longest pause between two attempts (jittered exponential backoff stops growing here)
+MAX_BACKOFF_S = 30.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,8 +44,16 @@ class Engine:
         backend: any :class:`fliprm.backends.Backend`.
         max_retries: extra attempts after the first, for transient errors only.
         max_concurrency: calls in flight at once (default: the backend's own figure).
-        total_timeout: seconds for a whole call including retries (``None``: no limit).
+        total_timeout: seconds for a whole call including retries and the pauses between
+            them, counted from its first attempt (time queued behind ``max_concurrency`` is
+            not counted); ``None``: no limit. :class:`~fliprm.FlipReward` passes
+            :attr:`RuntimeOptions.deadline_s <fliprm.config.RuntimeOptions.deadline_s>`.
+            A retry that could not start before the deadline (``Retry-After`` included) is
+            not waited for: the last error is raised at once.
         cache: a :class:`ResponseCache`, or ``None``.
+
+    A backend with an ``identify()`` coroutine (the HTTP backend: what the server says it
+    serves) is asked once before the first cached call, so cache keys carry that identity.
     """
 
     def __init__(
@@ -65,6 +79,7 @@ class Engine:
         # Identical deterministic requests in flight share one call (GRPO groups often repeat a
         # completion; a response scored against several instructions repeats the FLIP call).
         self._inflight: dict[tuple[int, str], asyncio.Future[Completion]] = {}
+        self._known = False  # the backend has said what it serves (see identify)
 
     @classmethod
     def from_runtime(
@@ -91,9 +106,15 @@ class Engine:
             cache = ResponseCache(cache)
         elif cache is None and runtime.cache:
             cache = ResponseCache(runtime.cache)
+        # Every call gets a finite deadline by default, except on the in-process model: its
+        # work runs in a thread that a deadline cannot stop (it would only pile up behind it).
+        total = runtime.total_timeout
+        if total is None and backend.name != "embedded":
+            # derived from the backend's own per-attempt timeout where it has one
+            attempt = getattr(backend, "timeout", None) or runtime.timeout
+            total = runtime.model_copy(update={"timeout": attempt}).deadline_s
         return cls(backend, max_retries=runtime.max_retries,
-                   max_concurrency=runtime.concurrency, total_timeout=runtime.total_timeout,
-                   cache=cache)
+                   max_concurrency=runtime.concurrency, total_timeout=total, cache=cache)
 
     async def aclose(self) -> None:
         """Close the backend and the cache (the Engine's owner calls this once, at the end)."""
@@ -115,8 +136,11 @@ class Engine:
         cacheable: Callable[[Completion], bool] | None = None,
     ) -> Completion:
         """One completion; served from the cache when possible, stored when ``cacheable``."""
-        if not cacheable_request(request):
-            return await self._generate(request, None, cacheable)
+        clock = _Deadline(self.total_timeout)  # one deadline for identify + every attempt
+        if not await self._identified(clock) or not cacheable_request(request):
+            # a backend that could not say what it serves gets no cache: a key without the
+            # server's model identity could serve another model's answer
+            return await self._generate(request, None, cacheable, clock)
         key = cache_key(self.backend.cache_identity, request)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -132,7 +156,7 @@ class Engine:
         fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._inflight[flight] = fut
         try:
-            comp = await self._generate(request, key, cacheable)
+            comp = await self._generate(request, key, cacheable, clock)
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc)
@@ -144,42 +168,92 @@ class Engine:
         finally:
             self._inflight.pop(flight, None)
 
+    async def identify(self) -> None:
+        """Ask the backend what it serves now (retried like a call; raises its last error).
+
+        For entry points that record the reward's identity before any call (a resumable
+        output's settings). A no-op for backends without ``identify()``.
+        """
+        ident = getattr(self.backend, "identify", None)
+        if ident is not None and not self._known:
+            await self._with_retries(ident, _Deadline(self.total_timeout))
+            self._known = True
+
+    async def _identified(self, clock: _Deadline) -> bool:
+        """Whether the backend's identity is known, asking once (no retry: the call is)."""
+        ident = getattr(self.backend, "identify", None)
+        if ident is None or self._known:
+            return True  # answered without touching the deadline: queued time is not counted
+        try:
+            async with asyncio.timeout_at(clock.start()):
+                await ident()
+        except TimeoutError:
+            if clock.at is None or asyncio.get_running_loop().time() < clock.at:
+                raise  # not this deadline's
+            raise BackendTimeout(f"no completion within {self.total_timeout:g}s "
+                                 "(total_timeout, asking the server what it serves)") from None
+        except BackendError:
+            return False  # the call itself will fail (or succeed) and be retried as usual
+        self._known = True
+        return True
+
     async def _generate(
         self,
         request: GenerateRequest,
         key: str | None,
         cacheable: Callable[[Completion], bool] | None,
+        clock: _Deadline,
     ) -> Completion:
-        if self.total_timeout is not None:
-            try:
-                async with asyncio.timeout(self.total_timeout):
-                    comp = await self._with_retries(request)
-            except TimeoutError:
-                self.stats.failures += 1
-                raise BackendTimeout(f"no completion within {self.total_timeout:g}s") from None
-        else:
-            comp = await self._with_retries(request)
+        comp = await self._with_retries(lambda: self.backend.generate(request), clock)
         if key is not None and self.cache is not None and (cacheable is None or cacheable(comp)):
             self.cache.put(key, self.backend.model_id, comp)
         return comp
 
-    async def _with_retries(self, request: GenerateRequest) -> Completion:
+    async def _with_retries(self, call: Callable[[], Awaitable[T]], clock: _Deadline) -> T:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             async with self._sem():
+                deadline = clock.start()  # from the first attempt: time queued is not counted
                 self.stats.calls += 1
                 self.stats.in_flight += 1
                 try:
-                    return await self.backend.generate(request)
+                    async with asyncio.timeout_at(deadline):
+                        return await call()
+                except TimeoutError:
+                    if deadline is None or loop.time() < deadline:
+                        raise  # not this deadline's
+                    self.stats.failures += 1
+                    raise BackendTimeout(f"no completion within {self.total_timeout:g}s "
+                                         f"(total_timeout, {attempt + 1} attempt(s))") from None
                 except BackendError as exc:
                     if not exc.transient or attempt >= self.max_retries:
                         self.stats.failures += 1
                         raise
-                    delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+                    delay = min(self.backoff_s * (2**attempt) * (0.5 + random.random()),
+                                MAX_BACKOFF_S)
                     if isinstance(exc, RateLimited) and exc.retry_after:
-                        delay = max(delay, exc.retry_after)
+                        delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER_S))
+                    if deadline is not None and loop.time() + delay >= deadline:
+                        # the next attempt could not start in time: the server's own error says
+                        # more than a timeout after a pointless wait
+                        self.stats.failures += 1
+                        raise
                 finally:
                     self.stats.in_flight -= 1
             attempt += 1
             self.stats.retries += 1
-            await asyncio.sleep(min(delay, 30.0))
+            await asyncio.sleep(delay)
+
+
+class _Deadline:
+    """One call's deadline, started on first use (``None``: no limit)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.at: float | None = None
+
+    def start(self) -> float | None:
+        if self.seconds is not None and self.at is None:
+            self.at = asyncio.get_running_loop().time() + self.seconds
+        return self.at

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ._net import redact
 from ._sync import Portal
 from ._types import Completion
 from .backends import Backend, build_backend
@@ -155,6 +156,23 @@ class FlipReward:
         """Every setting that changes this reward (what :meth:`fingerprint` hashes)."""
         return self.config.identity(self.backend.model_id)
 
+    async def aidentify(self) -> dict[str, Any]:
+        """:meth:`identity` after asking the backend what it serves (an HTTP judge's model, see
+        :meth:`fliprm.backends.openai.OpenAIBackend.identify`); retried like a call, and a
+        :class:`~fliprm.errors.BackendError` if the server cannot be reached. Entry points that
+        record the identity before scoring (resumable outputs) call this first; scoring does
+        it on its own before the first call.
+
+        >>> FlipReward("fake").identify()["model_id"]
+        'fake-eval'
+        """
+        await self.engine.identify()
+        return self.identity()
+
+    def identify(self) -> dict[str, Any]:
+        """Synchronous twin of :meth:`aidentify`."""
+        return self._portal.run(self.aidentify())
+
     # ---- public API -------------------------------------------------------------------------
 
     async def ascore(
@@ -217,17 +235,18 @@ class FlipReward:
         t0 = time.perf_counter()
         try:
             res = await self._score_one(instruction, response, context, where)
+        # every message is redacted: a URL with credentials in it must not reach a result
         except (InputError, ConfigError) as exc:
             msg = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-            return FlipResult(reward=None, error=msg, **base)
+            return FlipResult(reward=None, error=redact(msg), **base)
         except FlipError as exc:
             # error_type: the call failed (worth a retry), as opposed to an unusable input
-            return FlipResult(reward=None, error=f"{where}: {type(exc).__name__}: {exc}",
+            return FlipResult(reward=None, error=redact(f"{where}: {type(exc).__name__}: {exc}"),
                               latency_s=time.perf_counter() - t0,
                               extra={"error_type": type(exc).__name__}, **base)
         except Exception as exc:  # noqa: BLE001 - one item's bug must not fail the batch
-            return FlipResult(reward=None, error=f"{where}: internal error: "
-                              f"{type(exc).__name__}: {exc}",
+            return FlipResult(reward=None, error=redact(f"{where}: internal error: "
+                                                        f"{type(exc).__name__}: {exc}"),
                               latency_s=time.perf_counter() - t0,
                               extra={"error_type": type(exc).__name__}, **base)
         res.model = self.backend.model_id

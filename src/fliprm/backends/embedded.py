@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._types import Completion, GenerateRequest
-from ..errors import BackendError, BadResponse, ConfigError, MissingDependency
+from ..errors import BackendError, BackendTimeout, BadResponse, ConfigError, MissingDependency
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
 from ._forcing import forcing_steps
@@ -59,6 +59,8 @@ class EmbeddedBackend:
             200 IFBench rewards differed between a sequential and a sharded Ray run). ``False``
             reprocesses every prompt from scratch: the same item gives the same bits in any
             order, at the cost of re-reading the shared prefix.
+        http_timeout: seconds for each of this backend's own HTTP calls to its llama.cpp
+            server (tokenizing, templating), all of the call: never a hang.
 
     >>> backend = EmbeddedBackend()  # doctest: +SKIP
     >>> exact = EmbeddedBackend(reuse_prompt_cache=False)  # doctest: +SKIP
@@ -81,6 +83,7 @@ class EmbeddedBackend:
         http_port: int | None = None,
         api_key: str | None = None,
         reuse_prompt_cache: bool = True,
+        http_timeout: float = 60.0,
     ) -> None:
         if model_path is not None and not Path(model_path).is_file():
             raise ConfigError(f"model file not found: {model_path}")
@@ -91,6 +94,7 @@ class EmbeddedBackend:
         self.n_threads = n_threads or _default_threads()
         self.prompt_cache_mib = prompt_cache_mib
         self.reuse_prompt_cache = reuse_prompt_cache
+        self.http_timeout = http_timeout
         self._port = http_port
         # llama.cpp always listens on a port; guard it with a random key unless the caller
         # asks for an open one (api_key="").
@@ -193,16 +197,18 @@ class EmbeddedBackend:
 
     def _force(self, request: GenerateRequest) -> Completion:
         """Teacher forcing, one canonical token at a time (see :mod:`._forcing`)."""
-        import httpx
-
         self.start()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        steps = forcing_steps(request, exact=not self.reuse_prompt_cache)
-        t0 = time.perf_counter()
         # the whole sequence holds the one slot: another call in between would evict the
         # prefix every step reuses
-        with self._call_lock, httpx.Client(base_url=self.http_url, headers=headers,
-                                           timeout=60) as client:
+        with self._call_lock:
+            return _run_own_loop(self._force_steps(request))
+
+    async def _force_steps(self, request: GenerateRequest) -> Completion:
+        import httpx
+
+        steps = forcing_steps(request, exact=not self.reuse_prompt_cache)
+        t0 = time.perf_counter()
+        async with httpx.AsyncClient(base_url=self.http_url, headers=self._auth()) as client:
             reply: Any = None
             try:
                 while True:
@@ -212,28 +218,40 @@ class EmbeddedBackend:
                         if isinstance(reply, dict) and "error" in reply:
                             raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
                     else:
-                        r = client.post(path, json=body)
-                        r.raise_for_status()
-                        reply = r.json()
+                        reply = await self._local_post(client, path, body)
             except StopIteration as done:
                 comp: Completion = done.value
-            except httpx.HTTPError as exc:
-                raise BackendError(f"llama.cpp {type(exc).__name__}: {exc}") from exc
         comp.latency_s = time.perf_counter() - t0
         return comp
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def _local_post(self, client: Any, path: str, body: dict[str, Any]) -> Any:
+        """POST to this backend's own llama.cpp server, the whole call within ``http_timeout``
+        (httpx's timeout bounds each read only)."""
+        import httpx
+
+        try:
+            async with asyncio.timeout(self.http_timeout):
+                r = await client.post(path, json=body, timeout=self.http_timeout)
+                r.raise_for_status()
+                return r.json()
+        except TimeoutError:
+            raise BackendTimeout(f"llama.cpp {path}: no complete reply within "
+                                 f"{self.http_timeout:g}s") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise BackendError(f"llama.cpp {path}: {type(exc).__name__}: {exc}") from exc
 
     def count_tokens(self, text: str) -> int:
         """Token count of ``text`` under this model's tokenizer (used for truncation)."""
         import httpx
 
-        r = httpx.post(
-            self.http_url + "/tokenize",
-            json={"content": text},
-            headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {},
-            timeout=60,
-        )
-        r.raise_for_status()
-        return len(r.json()["tokens"])
+        async def ask() -> int:
+            async with httpx.AsyncClient(base_url=self.http_url, headers=self._auth()) as client:
+                return len((await self._local_post(client, "/tokenize", {"content": text}))["tokens"])
+
+        return _run_own_loop(ask())
 
     async def aclose(self) -> None:
         self.close()
@@ -241,3 +259,27 @@ class EmbeddedBackend:
     def close(self) -> None:
         with self._load_lock:
             self._server = None  # the runtime shuts its loop down when the object goes
+
+
+def _run_own_loop(coro: Any) -> Any:
+    """Run ``coro`` to the end on a fresh event loop, from sync code (a worker thread, or a
+    thread whose own loop is busy: then in another thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, asyncio.run(coro)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box.append((False, exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value

@@ -2,7 +2,14 @@
 
 Works with vLLM, SGLang, llama.cpp's ``llama-server``, Ollama (``/v1``), LM Studio and hosted
 APIs. This backend makes exactly one attempt per call: the engine retries the errors marked
-transient (connection errors, timeouts, 429, 5xx), with backoff.
+transient (connection errors, timeouts, 429, 5xx), with backoff. An attempt ends within
+``timeout`` seconds whatever the server does (a reply trickling in byte by byte included).
+
+A server is identified by what it says it serves, asked once (:meth:`OpenAIBackend.identify`):
+vLLM's ``GET /v1/models`` entry (``root``, ``max_model_len``), llama.cpp's (``meta``: parameter
+count, file size) and its ``GET /props`` (``model_path``, a hash where given). That goes into
+``model_id`` and ``cache_identity``, so another model under the same served name gets other
+cache keys and fingerprints. Credentials in ``base_url`` are never shown (:mod:`fliprm._net`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import Any
 
 import httpx
 
+from .._net import redact, redact_url, retry_after_s, strip_credentials
 from .._types import Completion, GenerateRequest
+from ..config import fingerprint_of
 from ..errors import (
     BackendError,
     BackendTimeout,
@@ -33,10 +42,12 @@ __all__ = ["OpenAIBackend"]
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return float(resp.headers.get("retry-after", ""))
-    except ValueError:
-        return None
+    return retry_after_s(resp.headers.get("retry-after"))
+
+
+#: what a server's model entry or llama.cpp's /props may say about the weights it serves
+_ENTRY_KEYS = ("root", "parent", "max_model_len", "meta")  # parent: a LoRA's base model
+_PROPS_KEYS = ("model_path", "model_sha256", "sha256", "model_hash", "hash")
 
 
 class OpenAIBackend:
@@ -46,7 +57,8 @@ class OpenAIBackend:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (``FLIPRM_BASE_URL`` / ``OPENAI_BASE_URL``).
         model: the served model name (``FLIPRM_MODEL``); some servers ignore it.
         api_key: sent as a bearer token (``FLIPRM_API_KEY`` / ``OPENAI_API_KEY``).
-        timeout: seconds per attempt.
+        timeout: seconds per attempt, all of it: connecting, sending, waiting and reading
+            (not per read, so a server trickling its reply cannot stretch it).
         max_concurrency: calls in flight at once (keep a vLLM server busy: 32-256).
         schema_mode: how to ask for JSON-constrained output: ``"response_format"``
             (default), ``"json_schema"`` (llama.cpp native) or ``"off"``.
@@ -65,6 +77,9 @@ class OpenAIBackend:
         forced_decoding: old spelling of ``likelihood_mode="forced"``.
         extra_body: merged into every request, e.g.
             ``{"chat_template_kwargs": {"enable_thinking": False}}``; part of the cache key.
+
+    ``model_id`` is the served name until the server has been asked what it serves
+    (:meth:`identify`, done before the first call), then ``name@<12 hex digits>`` of that.
 
     >>> OpenAIBackend(base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen3-1.7B").model_id
     'Qwen/Qwen3-1.7B'
@@ -98,6 +113,8 @@ class OpenAIBackend:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
+        #: the URL as shown in errors and identities: credentials masked
+        self.url = redact_url(self.base_url)
         self.model = model or os.environ.get("FLIPRM_MODEL") or "default"
         self.api_key = api_key or os.environ.get("FLIPRM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
@@ -120,47 +137,120 @@ class OpenAIBackend:
         self._headers = dict(headers or {})
         if self.api_key:
             self._headers["Authorization"] = f"Bearer {self.api_key}"
-        # The served name: a resume may use other replicas of the same model (the response
-        # cache, which is local, also keys on the URL).
-        self.model_id = self.model
-        # httpx clients belong to one event loop; keep one per loop.
+        # What the server says it serves (None: not asked yet); replicas of one model say the
+        # same, so a resume may use other replicas (the local response cache also keys on the
+        # URL).
+        self._server_info: dict[str, Any] | None = None
+        # httpx clients and the ask-once lock belong to one event loop; keep one per loop.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
 
     @property
+    def model_id(self) -> str:
+        """The served name, plus a digest of what the server says it serves once known."""
+        if not self._server_info:
+            return self.model
+        return f"{self.model}@{fingerprint_of(self._server_info)[:12]}"
+
+    @property
     def cache_identity(self) -> dict[str, object]:
-        return {"model": self.model, "base_url": self.base_url, "extra_body": self.extra_body,
-                "schema_mode": self.schema_mode, "likelihood_mode": self.likelihood_mode}
+        ident: dict[str, object] = {
+            "model": self.model, "base_url": strip_credentials(self.base_url),
+            "extra_body": self.extra_body, "schema_mode": self.schema_mode,
+            "likelihood_mode": self.likelihood_mode}
+        if self._server_info:
+            ident["server"] = self._server_info
+        return ident
+
+    async def identify(self) -> dict[str, Any]:
+        """What the server says about the model it serves, asked once (within ``timeout``).
+
+        ``GET /models``: the entry whose ``id`` is the served name (or the only entry) gives
+        ``root``, ``max_model_len`` and a LoRA's ``parent`` (vLLM) or ``meta`` (llama.cpp: parameter count, file
+        size); its ``owned_by`` gives the dialect. On llama.cpp, ``GET /props`` adds
+        ``model_path`` and a hash where the server gives one. A server without these endpoints
+        says nothing (``{}``): then only the served name and URL identify it. A server that
+        cannot be reached is not remembered: the error is raised and the next call asks again.
+
+        >>> b = OpenAIBackend(base_url="http://127.0.0.1:8000/v1", model="qwen05")
+        >>> asyncio.run(b.identify())  # doctest: +SKIP
+        {'root': '/models/qwen2.5-0.5b', 'max_model_len': 4096}
+        >>> b.model_id  # doctest: +SKIP
+        'qwen05@5d0b6e1c2f3a'
+        """
+        if self._server_info is None:
+            loop = asyncio.get_running_loop()
+            lock = self._locks.get(loop)
+            if lock is None:
+                lock = self._locks[loop] = asyncio.Lock()
+            async with lock:
+                if self._server_info is None:
+                    try:
+                        async with asyncio.timeout(self.timeout):
+                            self._server_info = await self._ask_server()
+                    except TimeoutError:
+                        raise BackendTimeout(f"{self.url}: GET /models: no complete reply "
+                                             f"within {self.timeout:g}s") from None
+        return dict(self._server_info)
+
+    async def _get(self, path: str) -> httpx.Response | None:
+        """GET ``path``; ``None`` when the server has no such endpoint or refuses it."""
+        try:
+            resp = await self._client().get(path, timeout=min(10.0, self.timeout))
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"{self.url}: GET {path}: {type(exc).__name__}: {redact(str(exc))}") from exc
+        if resp.status_code in (502, 503, 504):  # a proxy in front of a server starting
+            raise ServerError(f"{self.url}: GET {path}: HTTP {resp.status_code}",
+                              status_code=resp.status_code)
+        return resp if resp.status_code == 200 else None
+
+    async def _ask_server(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        found = "generic"
+        resp = await self._get("/models")
+        try:
+            entries = [m for m in resp.json().get("data", []) if isinstance(m, dict)] if resp else []
+        except (ValueError, AttributeError, TypeError):
+            entries = []
+        owners = {str(m.get("owned_by", "")).lower() for m in entries}
+        if owners & {"vllm", "sglang"}:
+            found = "vllm"
+        elif owners & {"llamacpp", "llama.cpp"}:
+            found = "llamacpp"
+        mine = [m for m in entries if m.get("id") == self.model]
+        if not mine and len(entries) == 1:  # llama.cpp serves one model under any name
+            mine = entries
+        if mine:
+            info.update({k: mine[0][k] for k in _ENTRY_KEYS if mine[0].get(k) is not None})
+        if (self._dialect or found) == "llamacpp":
+            root = self.base_url.removesuffix("/v1")
+            props = await self._get(root + "/props")
+            try:
+                got = props.json() if props is not None else {}
+            except ValueError:
+                got = {}
+            if isinstance(got, dict):
+                info.update({k: got[k] for k in _PROPS_KEYS if got.get(k) not in (None, "")})
+        if self._dialect is None:
+            self._dialect = found
+        return info
 
     async def dialect(self) -> str:
-        """The server family, asked once from ``GET /models`` (``owned_by``).
+        """The server family, asked once from ``GET /models`` (``owned_by``; see
+        :meth:`identify`), ``"generic"`` when it does not say.
 
         A server that cannot be reached is not remembered as "generic" (a vLLM still starting
         would otherwise lose its dialect for good): the call fails as unavailable and is
         retried like any other.
         """
         if self._dialect is None:
-            found = "generic"
-            try:
-                resp = await self._client().get("/models", timeout=min(10.0, self.timeout))
-            except httpx.TransportError as exc:
-                raise BackendUnavailable(
-                    f"{self.base_url}: GET /models: {type(exc).__name__}: {exc}") from exc
-            if resp.status_code in (502, 503, 504):  # a proxy in front of a server starting
-                raise ServerError(f"{self.base_url}: GET /models: HTTP {resp.status_code}",
-                                  status_code=resp.status_code)
-            try:
-                owners = {str(m.get("owned_by", "")).lower()
-                          for m in resp.json().get("data", []) if isinstance(m, dict)}
-                if owners & {"vllm", "sglang"}:
-                    found = "vllm"
-                elif owners & {"llamacpp", "llama.cpp"}:
-                    found = "llamacpp"
-            except (ValueError, AttributeError, TypeError):
-                pass
-            self._dialect = found
-        return self._dialect
+            await self.identify()
+        return self._dialect or "generic"
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -179,6 +269,15 @@ class OpenAIBackend:
         return client
 
     async def generate(self, request: GenerateRequest) -> Completion:
+        # one deadline for the whole attempt: httpx's own timeout bounds each read only
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._generate(request)
+        except TimeoutError:
+            raise BackendTimeout(
+                f"{self.url}: no complete reply within {self.timeout:g}s") from None
+
+    async def _generate(self, request: GenerateRequest) -> Completion:
         dialect = await self.dialect()
         if request.forced_text is not None:
             mode = self.likelihood_mode
@@ -188,7 +287,7 @@ class OpenAIBackend:
                 return await self._prompt_logprobs(request)
             if mode != "forced":
                 raise BadResponse(
-                    f"{self.base_url}: the likelihood method needs llama.cpp's token forcing "
+                    f"{self.url}: the likelihood method needs llama.cpp's token forcing "
                     "or prompt log-probabilities (vLLM, SGLang); this server is "
                     "neither as far as GET /models tells: set likelihood_mode"
                 )
@@ -196,7 +295,7 @@ class OpenAIBackend:
                 # vLLM has no llama.cpp token endpoints, and its structured_outputs grammar
                 # returns log-probabilities renormalised after the mask: not a likelihood
                 raise BadResponse(
-                    f"{self.base_url}: likelihood_mode='forced' needs a llama.cpp server; "
+                    f"{self.url}: likelihood_mode='forced' needs a llama.cpp server; "
                     "this server is vLLM/SGLang (GET /models): use "
                     "likelihood_mode='prompt_logprobs' (or 'auto')"
                 )
@@ -247,7 +346,7 @@ class OpenAIBackend:
         comp = read_reply(data, latency_s=latency)
         entries = data.get("prompt_logprobs") if isinstance(data, dict) else None
         if not isinstance(entries, list):
-            raise BadResponse(f"{self.base_url}: reply has no prompt_logprobs; the server does "
+            raise BadResponse(f"{self.url}: reply has no prompt_logprobs; the server does "
                               "not return prompt log-probabilities")
         comp.token_logprobs = span_logprobs(entries, forced)
         comp.text = forced
@@ -261,22 +360,23 @@ class OpenAIBackend:
         try:
             resp = await self._client().post(path, json=body)
         except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"{self.base_url}: no reply within {self.timeout:g}s") from exc
+            raise BackendTimeout(f"{self.url}: no reply within {self.timeout:g}s") from exc
         except httpx.TransportError as exc:
-            raise BackendUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+            raise BackendUnavailable(
+                f"{self.url}: {type(exc).__name__}: {redact(str(exc))}") from exc
         latency = time.perf_counter() - t0
         if resp.status_code == 429:
-            raise RateLimited(f"{self.base_url}: 429 rate limited", retry_after=_retry_after(resp))
+            raise RateLimited(f"{self.url}: 429 rate limited", retry_after=_retry_after(resp))
         if resp.status_code >= 500:
-            raise ServerError(f"{self.base_url}: HTTP {resp.status_code}: {resp.text[:300]}",
+            raise ServerError(f"{self.url}: HTTP {resp.status_code}: {redact(resp.text[:300])}",
                               status_code=resp.status_code)
         if resp.status_code >= 400:
-            raise BadResponse(f"{self.base_url}: HTTP {resp.status_code}: {resp.text[:300]}",
+            raise BadResponse(f"{self.url}: HTTP {resp.status_code}: {redact(resp.text[:300])}",
                               status_code=resp.status_code)
         try:
             return resp.json(), latency
         except ValueError:
-            raise BadResponse(f"{self.base_url}: reply is not JSON: {resp.text[:200]}") from None
+            raise BadResponse(f"{self.url}: reply is not JSON: {redact(resp.text[:200])}") from None
 
     async def aclose(self) -> None:
         for client in list(self._clients.values()):

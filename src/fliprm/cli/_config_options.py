@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from .._net import redact
 from ..config import (
     ENV_PREFIX,
     PRESETS,
@@ -49,9 +50,10 @@ _ENVVARS = {"api_key": "FLIPRM_BACKEND_API_KEY"}
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
-    """Print a one-line error (no traceback) and exit (2: usage or settings error)."""
+    """Print a one-line error (no traceback) and exit (2: usage or settings error); URL
+    credentials in it are masked."""
     # soft_wrap: one line however narrow the terminal, so logs and greps see it whole
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(redact(message))}", soft_wrap=True)
     raise typer.Exit(code)
 
 

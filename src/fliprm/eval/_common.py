@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..backends import Backend
@@ -11,7 +11,7 @@ from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
 from ..judges import Judge, Judgment, get_judge
 
-__all__ = ["JudgeFactory", "failure_message", "judge_factory", "words"]
+__all__ = ["JudgeFactory", "failure_message", "identify_judges", "judge_factory", "words"]
 
 JudgeFactory = Callable[[str, int], Judge]
 
@@ -65,3 +65,21 @@ class _SharedEngineJudges:
     def __call__(self, method: str, seed: int) -> Judge:
         return get_judge(method, backend=self.engine.backend, engine=self.engine, seed=seed,
                          config=self.config)
+
+
+async def identify_judges(judges: Iterable[Judge]) -> None:
+    """Have each judge's backend say what it serves (an HTTP judge: its server's model) before
+    the judges' identities are recorded beside an output, so a resume on another model under
+    the same name is refused. Raises the backend's error if its server cannot be reached.
+
+    >>> import asyncio
+    >>> from fliprm.judges import LongestJudge
+    >>> asyncio.run(identify_judges([LongestJudge()]))  # no model: nothing to ask
+    """
+    seen: set[int] = set()
+    for judge in judges:
+        engine = getattr(judge, "engine", None) or getattr(getattr(judge, "reward", None),
+                                                           "engine", None)
+        if isinstance(engine, Engine) and id(engine) not in seen:
+            seen.add(id(engine))
+            await engine.identify()

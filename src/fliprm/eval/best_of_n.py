@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..inputs import require_text
 from ..judges import Judge, top_indices
 from ..records import ResultWriter, read_records
-from ._common import failure_message
+from ._common import failure_message, identify_judges
 from .stats import bootstrap_ci, mean
 
 __all__ = ["arerank", "load_rows", "pool_sizes", "summarize_bon"]
@@ -112,6 +112,7 @@ async def arerank(
     >>> asyncio.run(arerank([{"id": "1", "prompt": "Hi", "candidates": ["a", "abc"]}], LongestJudge()))[0]["pick"]
     1
     """
+    await identify_judges([judge])
     manifest: dict[str, Any] = {"settings": {judge.name: judge.identity()}}
     if input_identity is not None:
         manifest["input"] = input_identity

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import ResultWriter
-from ._common import JudgeFactory, failure_message, words
+from ._common import JudgeFactory, failure_message, identify_judges, words
 from .rb2_data import RB2Item
 from .rb2_scoring import item_credit
 
@@ -83,6 +83,7 @@ async def arun_rewardbench2(
     the per-item seconds honest).
     """
     judges = {(m, r): make_judge(m, seed + r) for m in methods for r in range(runs)}
+    await identify_judges(judges.values())
     manifest: dict[str, Any] = {"settings": {m: judges[(m, 0)].identity() for m in methods}}
     if input_identity is not None:
         manifest["input"] = input_identity

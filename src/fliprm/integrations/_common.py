@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from .._net import redact, retry_after_s
 from .._sync import Portal
 from ..config import (
     ENV_PREFIX,
@@ -58,7 +59,7 @@ class AdapterOptions(BaseModel):
     #: score on a ``fliprm serve`` (``POST /v1/score``) instead of in this process
     server_url: str | None = None
     server_api_key: str | None = None
-    #: seconds per HTTP request to a fliprm server (whole batch)
+    #: seconds per call to a fliprm server (whole batch, its retries included)
     server_timeout: float = 600.0
     #: reward reported where a framework cannot take None (verl, OpenRLHF, open-instruct)
     failure_score: float = 0.0
@@ -190,6 +191,9 @@ class ServerScorer:
     ``expect`` (identity fields, see :meth:`FlipSettings.expected_identity`), the first call
     reads the server's settings from ``/health`` and refuses with a :class:`ConfigError` that
     names every difference; a reply from a server whose fingerprint changed is checked again.
+    ``timeout`` bounds each call as a whole (connecting, waiting, reading, every retry and
+    ``Retry-After`` pause), not each read: a hanging or trickling server gives error results
+    after ``timeout`` seconds.
 
     >>> ServerScorer("http://127.0.0.1:8080").url
     'http://127.0.0.1:8080/v1/score'
@@ -279,18 +283,29 @@ class ServerScorer:
         try:
             data = await self._post(body)
         except (httpx.HTTPError, ValueError) as exc:
-            msg = f"fliprm server {self.url}: {type(exc).__name__}: {exc}"
+            msg = redact(f"fliprm server {self.url}: {type(exc).__name__}: {exc}")
             return [self._failed(msg) for _ in items], None
         out = [
-            r if isinstance(r, FlipResult) else self._failed(f"fliprm server {self.url}: {r}")
+            r if isinstance(r, FlipResult) else self._failed(redact(f"fliprm server {self.url}: {r}"))
             for r in match_results(data, len(items))
         ]
         return out, data.get("fingerprint") if isinstance(data, dict) else None
 
     async def _post(self, body: dict[str, Any]) -> Any:
+        # httpx's timeout bounds each read: the whole call, retries included, gets one deadline
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._post_retrying(body, asyncio.get_running_loop().time()
+                                                 + self.timeout)
+        except TimeoutError:
+            raise httpx.TimeoutException(
+                f"no complete reply within {self.timeout:g}s (server_timeout)") from None
+
+    async def _post_retrying(self, body: dict[str, Any], deadline: float) -> Any:
         # A fresh client per call: adapters run on whatever event loop the framework owns, and a
         # pooled client must not outlive the loop it was created on.
         content = json.dumps(body).encode()
+        loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers) as client:
             for attempt in range(self.retries + 1):
                 try:
@@ -298,13 +313,18 @@ class ServerScorer:
                     # on a lone surrogate and would fail the whole chunk, not just that item
                     resp = await client.post(self.url, content=content, headers=_JSON)
                 except httpx.TransportError:
-                    if attempt >= self.retries:
+                    wait = min(2.0**attempt, 10.0)
+                    if attempt >= self.retries or loop.time() + wait >= deadline:
                         raise
-                    await asyncio.sleep(min(2.0**attempt, 10.0))
+                    await asyncio.sleep(wait)
                     continue
                 if resp.status_code == 503 and attempt < self.retries:
-                    await asyncio.sleep(float(resp.headers.get("retry-after", "1") or 1))
-                    continue
+                    # a server's Retry-After is capped, and never waited past the deadline
+                    wait = retry_after_s(resp.headers.get("retry-after"))
+                    wait = 1.0 if wait is None else wait
+                    if loop.time() + wait < deadline:
+                        await asyncio.sleep(wait)
+                        continue
                 resp.raise_for_status()
                 return resp.json()
         raise httpx.HTTPError("unreachable")  # pragma: no cover

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._net import redact
 from ..backends import is_local_model
 from ..batch import Fields, Summary
 from ..config import RewardConfig, RuntimeOptions
@@ -100,8 +101,8 @@ class FlipBatchScorer:
                 try:
                     out.extend(self.reward.score([a[0]], [a[1]], [a[2]]))
                 except Exception as exc:  # noqa: BLE001
-                    out.append(FlipResult(reward=None, error=f"internal error: "
-                                          f"{type(exc).__name__}: {exc}"))
+                    out.append(FlipResult(reward=None, error=redact(
+                        f"internal error: {type(exc).__name__}: {exc}")))
             return out
 
     def __call__(self, batch: Any) -> Any:
@@ -246,11 +247,14 @@ def score_file_ray(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(input, shard_size, limit=limit)
-    # the identity of the reward the actors will build (the backend is built, not loaded)
+    # the identity of the reward the actors will build (the backend is built, not loaded; an
+    # HTTP judge is asked what it serves, so another model under the same name is refused)
     probe_rt = runtime.model_copy(update={"base_url": base_urls[0]}) if base_urls else runtime
     probe = FlipReward(config=config, runtime=probe_rt)
-    identity = {"reward": probe.identity(), "fields": asdict(fields)}
-    probe.close()
+    try:
+        identity = {"reward": probe.identify(), "fields": asdict(fields)}
+    finally:
+        probe.close()
     lock = PlanLock(out)
     try:
         fingerprint = lock.check(plan, identity, force=force)
