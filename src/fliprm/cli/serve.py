@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         # The server's key must not leak to an upstream openai backend via its env fallback.
         os.environ.pop("FLIPRM_API_KEY", None)
         try:
-            from ..server import GuardedServer, create_app, serve_config
+            from ..server import GuardedServer, create_app, load_model, serve_config
         except ImportError:
             fail("fliprm serve needs its extra: pip install 'fliprm[server]'", code=1)
         if cache_max_entries < 1:
@@ -88,6 +88,10 @@ def register(app: typer.Typer) -> None:
             reward = settings.reward(cache=cache)
         except FlipError as exc:
             fail(str(exc))
+        try:  # before listening: never healthy over a model that does not load
+            load_model(reward)
+        except FlipError as exc:
+            fail(f"the model does not load: {type(exc).__name__}: {exc}", code=1)
         app_ = create_app(
             reward,
             api_key=server_api_key,

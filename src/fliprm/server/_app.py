@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
+from ..errors import FlipError
 from ..integrations.openrlhf import extract_response, rewards_payload
 from ..result import FlipResult
 from ..reward import FlipReward
@@ -24,7 +25,19 @@ from ._metrics import Metrics
 from ._middleware import LimitsMiddleware
 from .schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreRequest, ScoreResponse
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "load_model"]
+
+
+def load_model(reward: FlipReward) -> None:
+    """Verify and load ``reward``'s in-process model now (a no-op for HTTP and fake backends),
+    so a server never reports healthy over a model that does not load. Raises its
+    :class:`~fliprm.errors.FlipError` (e.g. ``ModelIntegrityError`` naming the file and hash).
+
+    >>> load_model(FlipReward("fake", backend_options={"replies": []}))
+    """
+    start = getattr(reward.backend, "start", None)
+    if callable(start):
+        start()
 
 
 async def _client_gone(request: Request) -> None:
@@ -85,6 +98,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(load_model, reward)
+        except FlipError as exc:
+            # serve anyway: /health says why (503), scoring routes answer 503 with it
+            app.state.model_error = f"{type(exc).__name__}: {exc}"
         batcher.start()
         yield
         # uvicorn has already let in-flight requests finish; drain whatever is still queued.
@@ -96,9 +114,13 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.reward = reward
+    app.state.model_error = None
 
     async def run(instr: list[Any], resp: list[Any], ctx: list[Any],
                   request: Request | None = None) -> list[FlipResult]:
+        if app.state.model_error is not None:
+            metrics.rejected["model_failed"] += 1
+            raise HTTPException(503, app.state.model_error)
         if len(instr) > max_items_per_request:
             metrics.rejected["too_large"] += 1
             raise HTTPException(413, f"at most {max_items_per_request} items per request")
@@ -181,15 +203,21 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """200 "ok" only while the model is loaded and the server takes work; else 503 and
+        why ("model failed to load" with ``error``, or "draining")."""
+        failed = app.state.model_error is not None
+        status = "model failed to load" if failed else "draining" if batcher._closing else "ok"
         body = {
-            "status": "draining" if batcher._closing else "ok",
+            "status": status,
             "model": reward.backend.model_id,
             "fingerprint": reward.fingerprint(),
             "settings": reward.identity(),
             "version": __version__,
             "queue_depth": batcher.depth,
         }
-        return JSONResponse(body, status_code=503 if batcher._closing else 200)
+        if failed:
+            body["error"] = app.state.model_error
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:

@@ -1,0 +1,146 @@
+"""fliprm serve at its boundaries (issue 21, "nothing silent"), over real sockets on 127.0.0.1:
+
+- a model file that does not load is never reported healthy: ``fliprm serve`` exits non-zero
+  with one line naming the file and its hash, an in-process server answers 503 naming it, and
+  the file is not re-hashed per request;
+- CPU work on big requests (JSON parsing, validation, the echo guard) runs off the event loop,
+  so /health and small requests are answered while it runs; an over-long instruction is that
+  item's error;
+- a client that never reads its reply is dropped once its reply stalls, instead of holding the
+  connection and the buffered reply.
+
+The fake backend stands in for the model; the "model files" are a few bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import fliprm.model
+from fliprm import FlipReward
+from fliprm.backends.fake import FakeBackend
+from fliprm.model import DEFAULT_MODEL
+from fliprm.server import ServerThread, create_app
+from helpers_fliprm import shown_response
+
+
+def echo_judge(delay_s: float = 0.0) -> FakeBackend:
+    """Infers the response text itself: every reward can be traced back to its request."""
+
+    def reply(req: Any) -> str:
+        return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": shown_response(req).strip()})
+
+    return FakeBackend(reply, delay_s=delay_s, max_concurrency=8)
+
+
+def make_reward(**options: Any) -> FlipReward:
+    # the method is explicit: the library default is changing (f1 -> pmi)
+    options.setdefault("method", "f1")
+    return FlipReward(echo_judge(), parse_failure="error", template="flip-short",
+                      max_retries=0, **options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- 1. a model that does not load is never healthy ------------------------------------------
+
+
+def test_fliprm_serve_with_a_corrupt_model_file_exits_non_zero_naming_the_file_and_hash(
+    tmp_path: Path,
+) -> None:
+    # Regression: /health said 200 "ok" (with the expected hash) while the packaged model file
+    # was corrupt; every item then failed with ModelIntegrityError, each request re-hashing it.
+    bad = tmp_path / DEFAULT_MODEL.file_name
+    bad.write_bytes(b"GGUF but not the pinned model" * 10)
+    port = free_port()
+    env = {**os.environ, "FLIPRM_CACHE_DIR": str(tmp_path), "COLUMNS": "1000"}
+    env.pop("FLIPRM_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fliprm.cli.main", "serve", "-b", "embedded", "--port", str(port),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            assert health.status_code != 200, f"healthy with a corrupt model: {health.text}"
+            time.sleep(0.1)
+        assert proc.poll() is not None, "fliprm serve kept running with a corrupt model"
+        out = proc.stdout.read().decode()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode not in (0, None), out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert str(bad) in lines[0] and DEFAULT_MODEL.sha256 in lines[0], out
+    assert "ModelIntegrityError" in lines[0] or "refusing to load" in lines[0], out
+
+
+def test_a_server_whose_model_fails_its_hash_is_503_on_health_and_score_and_hashes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "m.gguf"
+    bad.write_bytes(b"x" * 1000)
+    hashed: list[Path] = []
+    real = fliprm.model.sha256_file
+    monkeypatch.setattr(fliprm.model, "sha256_file", lambda p: hashed.append(p) or real(p))
+    rm = FlipReward(f"gguf:{bad}", method="f1", backend_options={"sha256": "1" * 64},
+                    max_retries=0)
+    with ServerThread(create_app(rm)) as srv:
+        health = httpx.get(srv.url + "/health", timeout=10)
+        assert health.status_code == 503, health.text
+        body = health.json()
+        assert body["status"] == "model failed to load"
+        assert str(bad) in body["error"] and "1" * 64 in body["error"]
+        for _ in range(3):
+            r = httpx.post(srv.url + "/v1/score", json={"items": [
+                {"instruction": "Say hi", "response": "hi"}]}, timeout=10)
+            assert r.status_code == 503, r.text
+            assert str(bad) in r.json()["detail"]
+            r = httpx.post(srv.url + "/get_reward", json={
+                "query": ["hi"], "prompts": [""], "labels": ["Say hi"]}, timeout=10)
+            assert r.status_code == 503, r.text
+        assert httpx.get(srv.url + "/health", timeout=10).status_code == 503
+    assert hashed == [bad]  # at startup, once; never per request
+
+
+def test_a_failed_model_load_is_remembered_not_retried_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fliprm.backends.embedded import EmbeddedBackend
+    from fliprm.errors import ModelIntegrityError
+
+    bad = tmp_path / "m.gguf"
+    bad.write_bytes(b"x" * 1000)
+    hashed: list[Path] = []
+    real = fliprm.model.sha256_file
+    monkeypatch.setattr(fliprm.model, "sha256_file", lambda p: hashed.append(p) or real(p))
+    backend = EmbeddedBackend(bad, sha256="1" * 64)
+    for _ in range(3):
+        with pytest.raises(ModelIntegrityError, match="refusing to load"):
+            backend.start()
+    assert hashed == [bad]
