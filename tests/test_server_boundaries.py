@@ -14,6 +14,7 @@ The fake backend stands in for the model; the "model files" are a few bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -144,3 +145,78 @@ def test_a_failed_model_load_is_remembered_not_retried_per_call(
         with pytest.raises(ModelIntegrityError, match="refusing to load"):
             backend.start()
     assert hashed == [bad]
+
+
+# ---- 3. a reply nobody reads does not hold the connection ------------------------------------
+
+
+def test_clients_that_never_read_their_big_replies_are_dropped_after_the_write_stalls() -> None:
+    # Regression: clients that never read their ~3 MB replies kept their connections (and the
+    # buffered replies) 45 s past the 15 s idle timeout: uvicorn's close waits for the buffer
+    # to drain, which never happens. Now a write stalled for write_timeout (default: the idle
+    # timeout) aborts the connection.
+    words = " ".join(f"w{i}" for i in range(12_000))  # ~80 KB per item, echoed back
+    body = json.dumps({"items": [{"instruction": "Repeat the words", "response": f"{i} {words}"}
+                                 for i in range(60)]}).encode()
+    head = (b"POST /v1/score HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+    app = create_app(make_reward())
+    with ServerThread(app, idle_timeout=1.0) as srv:
+        gate = app.state.connections
+        socks = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that never reads
+            s.connect((srv.host, srv.port))
+            s.sendall(head + body)
+            socks.append(s)
+        try:
+            t0 = time.monotonic()
+            while gate.open and time.monotonic() - t0 < 20:
+                time.sleep(0.1)
+            # scoring 60 items, then 1 s without progress; generous for a shared machine
+            assert gate.open == 0, f"{gate.open} stalled readers still connected after 20 s"
+            assert gate.closed["write_timeout"] == 3
+            # the server is fine afterwards
+            assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+        finally:
+            for s in socks:
+                s.close()
+
+
+
+class _Transport:
+    """What the write deadline sees of a transport: its buffer, and abort."""
+
+    def __init__(self, buffered: int) -> None:
+        self.buffered = buffered
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_the_write_deadline_spares_a_slow_reader_that_keeps_reading() -> None:
+    # The deadline measures progress, not the reply's total time: a reader that takes some
+    # bytes every period keeps its connection however long the reply takes.
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    from fliprm.server._protocol import ConnectionGate, guarded_protocol
+
+    gate = ConnectionGate(10)
+    cls = guarded_protocol(30.0, 2.0, gate, write_timeout=0.3)
+    proto = cls.__new__(cls)  # only what the write deadline touches
+    proto.loop = asyncio.get_running_loop()
+    proto.transport = transport = _Transport(1_000_000)
+    proto.flow = FlowControl(transport)  # type: ignore[arg-type]
+    proto.pause_writing()
+    for _ in range(12):  # 1.2 s of slow reading: four write_timeouts
+        await asyncio.sleep(0.1)
+        transport.buffered -= 1000
+    assert not transport.aborted and gate.closed["write_timeout"] == 0
+    await asyncio.sleep(0.8)  # the reader stops reading
+    assert transport.aborted and gate.closed["write_timeout"] == 1
+    proto._cancel_write_deadline()

@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
             help="seconds a client may take to send a request's headers and body")] = 30.0,
         idle_timeout: Annotated[float, typer.Option(
             help="seconds an idle kept-alive connection stays open")] = 15.0,
+        write_timeout: Annotated[float | None, typer.Option(
+            help="seconds a client may leave its reply unread before it is dropped "
+            "(default: --idle-timeout)")] = None,
         max_connections: Annotated[int, typer.Option(
             help="open connections at most (lowered to fit the open-file limit); beyond it "
             "the connection waiting longest for its request is closed, or the newcomer gets "
@@ -106,6 +109,6 @@ def register(app: typer.Typer) -> None:
         )
         GuardedServer(serve_config(
             app_, host=host, port=port, log_level=log_level, graceful_timeout=graceful_timeout,
-            header_timeout=header_timeout, idle_timeout=idle_timeout,
+            header_timeout=header_timeout, idle_timeout=idle_timeout, write_timeout=write_timeout,
             max_connections=max_connections, drain_grace=drain_grace,
         )).run()

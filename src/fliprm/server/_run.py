@@ -27,12 +27,14 @@ def serve_config(
     graceful_timeout: float = 60.0,
     header_timeout: float = 30.0,
     idle_timeout: float = 15.0,
+    write_timeout: float | None = None,
     max_connections: int | None = 512,
     drain_grace: float = 2.0,
 ) -> uvicorn.Config:
     """The uvicorn config ``fliprm serve`` runs (with :class:`GuardedServer`): a deadline for
     every request to arrive whole (``header_timeout``), an idle timeout for kept-alive
-    connections, a connection cap (lowered to fit the open-file limit; see
+    connections, a write deadline (a reply the client leaves unread for ``write_timeout``
+    seconds, default ``idle_timeout``, drops the connection), a connection cap (lowered to fit the open-file limit; see
     :func:`~fliprm.server._protocol.connection_cap`), and 503 for requests that arrive on
     kept-alive connections during the first ``drain_grace`` seconds of a shutdown.
 
@@ -43,7 +45,8 @@ def serve_config(
         state.connections = gate
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level,
-        http=guarded_protocol(header_timeout, drain_grace, gate),
+        http=guarded_protocol(header_timeout, drain_grace, gate,
+                              idle_timeout if write_timeout is None else write_timeout),
         # the gate caps connections at accept(); uvicorn's own limit only counts them once a
         # request has arrived, after the descriptors are gone
         limit_concurrency=None,
