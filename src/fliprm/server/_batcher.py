@@ -183,8 +183,20 @@ class MicroBatcher:
         n = sum(j.n for j in jobs)
         self._inflight += n
         t0 = time.perf_counter()
+
+        async def finish(job: _Job) -> list[FlipResult] | None:
+            try:
+                out = await self._score_job(job)
+            except Exception as exc:  # noqa: BLE001 - a bug: this request's items fail, alone
+                out = _failed(job, exc)
+            # answer now, not when the batch's slowest request is done: a one-item request
+            # batched with a 14 MB one waited for all of it
+            if out is not None and not job.future.done():
+                job.future.set_result(out)
+            return out
+
         try:
-            got = await asyncio.gather(*(self._score_job(j) for j in jobs), return_exceptions=True)
+            got = await asyncio.gather(*(finish(j) for j in jobs), return_exceptions=True)
         finally:
             self._inflight -= n
         outs = [_failed(j, out) if isinstance(out, BaseException) else out
