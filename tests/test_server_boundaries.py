@@ -48,10 +48,20 @@ def echo_judge(delay_s: float = 0.0) -> FakeBackend:
     return FakeBackend(reply, delay_s=delay_s, max_concurrency=8)
 
 
-def make_reward(**options: Any) -> FlipReward:
+def short_judge() -> FakeBackend:
+    """Infers the first 30 words of the response, as long as a real inferred instruction."""
+
+    def reply(req: Any) -> str:
+        words = " ".join(shown_response(req).split()[:30])
+        return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": words})
+
+    return FakeBackend(reply, max_concurrency=8)
+
+
+def make_reward(backend: FakeBackend | None = None, **options: Any) -> FlipReward:
     # the method is explicit: the library default is changing (f1 -> pmi)
     options.setdefault("method", "f1")
-    return FlipReward(echo_judge(), parse_failure="error", template="flip-short",
+    return FlipReward(backend or echo_judge(), parse_failure="error", template="flip-short",
                       max_retries=0, **options)
 
 
@@ -220,3 +230,92 @@ async def test_the_write_deadline_spares_a_slow_reader_that_keeps_reading() -> N
     await asyncio.sleep(0.8)  # the reader stops reading
     assert transport.aborted and gate.closed["write_timeout"] == 1
     proto._cancel_write_deadline()
+
+
+# ---- 2. big requests do not stall the event loop ---------------------------------------------
+
+
+def _words(n: int, tag: str) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+def test_health_and_small_requests_are_answered_while_big_requests_are_prepared() -> None:
+    # Regression: three 14 MB requests took 29 s during which 12 of 21 /health probes and 2 of
+    # 8 normal requests timed out: JSON parsing, validation and the echo guard ran on the event
+    # loop. Now they run in worker threads.
+    instruction = _words(2_000, "i")  # ~14,000 characters, under the instruction cap
+    items = [{"instruction": instruction,
+              "response": f"{_words(8_000, f'r{k}x')} {instruction} {k}"} for k in range(60)]
+    body = json.dumps({"items": items})
+    assert 5_000_000 < len(body) < 16 * 1024 * 1024
+    app = create_app(make_reward(short_judge(), mask_echo=True))
+    with ServerThread(app) as srv:
+        big: dict[str, Any] = {}
+
+        def post_big() -> None:
+            big["r"] = httpx.post(srv.url + "/v1/score", content=body, timeout=300,
+                                  headers={"content-type": "application/json"})
+
+        workers = [threading.Thread(target=post_big) for _ in range(2)]
+        for w in workers:
+            w.start()
+        probes: list[float] = []
+        small: list[float] = []
+        while any(w.is_alive() for w in workers):
+            t0 = time.monotonic()
+            assert httpx.get(srv.url + "/health", timeout=30).status_code == 200
+            probes.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            r = httpx.post(srv.url + "/v1/score", timeout=30, json={"items": [
+                {"instruction": "Say hi", "response": "hi there"}]})
+            assert r.status_code == 200 and r.json()["results"][0]["error"] is None
+            small.append(time.monotonic() - t0)
+            time.sleep(0.05)
+        for w in workers:
+            w.join()
+    results = big["r"].json()["results"]
+    assert big["r"].status_code == 200 and len(results) == 60
+    # the guard ran: the copied instruction is masked out of what the judge saw
+    assert all(r["error"] is None and r["extra"]["echo_masked_words"] >= 2_000 for r in results)
+    assert max(probes) < 1.0, f"/health took {max(probes):.2f}s (all: {probes})"
+    # a one-item request may wait for a batch slot the big requests hold; most do not
+    assert sorted(small)[len(small) // 2] < 1.0, f"one-item requests took {small}"
+    assert len(probes) >= 3, "the big requests finished too fast to probe"
+
+
+def test_an_over_long_instruction_is_its_items_error_not_scored_and_not_a_500() -> None:
+    # Regression: a 10 MB instruction was scored (the echo guard alone spent 2.5 s on the
+    # event loop); the instruction now has its own cap, 20,000 characters by default.
+    long_instr = "word " * 5_000  # 25,000 characters
+    items = [
+        {"instruction": "Say hi", "response": "hi there", "id": "ok"},
+        {"instruction": long_instr, "response": "hi there", "id": "long"},
+        {"messages": [{"role": "user", "content": "short context turn"},
+                      {"role": "assistant", "content": "ok"},
+                      {"role": "user", "content": long_instr + "again"},
+                      {"role": "assistant", "content": "fine"}], "id": "chat"},
+    ]
+    app = create_app(make_reward(short_judge(), mask_echo=True))
+    with ServerThread(app) as srv:
+        r = httpx.post(srv.url + "/v1/score", json={"items": items}, timeout=30)
+        assert r.status_code == 200, r.text
+        ok, long, chat = r.json()["results"]
+        assert ok["id"] == "ok" and ok["error"] is None and ok["reward"] is not None
+        assert long["reward"] is None and long["error"] == (
+            "item 1: field 'instruction' has 25,000 characters, over this server's limit of "
+            "20,000 (--max-instruction-chars)")
+        assert chat["reward"] is None and chat["error"].startswith(
+            "item 2: field 'instruction' has 25,005 characters")
+        # OpenRLHF: the label is the instruction; a failed item gets failure_score
+        r = httpx.post(srv.url + "/get_reward", timeout=30, json={
+            "query": ["p1 answer one", "p2 answer two"], "prompts": ["p1", "p2"],
+            "labels": ["Say hi", long_instr]})
+        assert r.status_code == 200, r.text
+        assert r.json()["extra_logs"]["flip_failed"] == [0.0, 1.0]
+        metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+        assert 'fliprm_rejected_total{reason="instruction_too_long"} 3' in metrics
+    app = create_app(make_reward(short_judge()), max_instruction_chars=5)
+    with ServerThread(app) as srv:
+        r = httpx.post(srv.url + "/v1/score", json={"items": items[:1]}, timeout=30)
+        assert r.json()["results"][0]["error"].startswith(
+            "item 0: field 'instruction' has 6 characters, over this server's limit of 5 ")

@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         max_queue: Annotated[int, typer.Option(help="items queued before 503")] = 1024,
         request_timeout: Annotated[float, typer.Option(help="seconds per request (504)")] = 600.0,
         max_body_mb: Annotated[float, typer.Option(help="request body cap (413)")] = 16.0,
+        max_instruction_chars: Annotated[int, typer.Option(
+            help="a longer instruction is its item's error, not scored")] = 20_000,
         failure_score: Annotated[
             float, typer.Option(help="/get_reward value for failed items")
         ] = 0.0,
@@ -103,6 +105,7 @@ def register(app: typer.Typer) -> None:
             max_queue_items=max_queue,
             request_timeout=request_timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_instruction_chars=max_instruction_chars,
             failure_score=failure_score,
             close_reward=True,
             drain_timeout=graceful_timeout,

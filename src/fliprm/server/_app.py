@@ -8,15 +8,17 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..errors import FlipError
+from ..inputs import split_conversation
 from ..integrations.openrlhf import extract_response, rewards_payload
 from ..result import FlipResult
 from ..reward import FlipReward
@@ -40,6 +42,79 @@ def load_model(reward: FlipReward) -> None:
         start()
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _parse_body(body: bytes, model: type[_Body]) -> _Body:
+    """``body`` as ``model``, run in a worker thread (megabytes of JSON take a while); errors
+    are FastAPI's 422, its ``loc`` starting at ``"body"``."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:  # bad JSON or bad UTF-8
+        raise RequestValidationError([{
+            "type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)),
+            "msg": "JSON decode error", "input": {},
+            "ctx": {"error": getattr(exc, "msg", str(exc))}}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False)]) from None
+
+
+def _json_bytes(payload: Any) -> bytes:
+    # what FastAPI's JSONResponse writes, built off the event loop (replies run to megabytes)
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                      default=str).encode("utf-8")
+
+
+async def _json_reply(payload: Any) -> Response:
+    return Response(await asyncio.to_thread(_json_bytes, payload), media_type="application/json")
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI's requestBody for a route that parses ``model`` itself (refs inlined)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+def _instruction_chars(value: Any, infer: str) -> int:
+    """Length of the instruction an item's field holds (0 when it is unusable: the reward
+    reports that as the item's own error)."""
+    if isinstance(value, str):
+        return len(value)
+    try:
+        instruction = split_conversation(value, infer=infer)[0]
+    except Exception:  # noqa: BLE001 - malformed messages are the reward's to name
+        return 0
+    return len(instruction) if isinstance(instruction, str) else 0
+
+
+def _openrlhf_items(req: OpenRLHFRequest) -> tuple[list[Any], list[str]]:
+    """OpenRLHF's request as (instructions, responses): instruction = label, response = query
+    minus prompt (CPU work on long queries: run in a worker thread)."""
+    n = len(req.query)
+    for name, values in (("prompts", req.prompts), ("labels", req.labels)):
+        if values is not None and len(values) != n:
+            raise HTTPException(422, f"{len(values)} {name} for {n} queries")
+    if n and req.labels is None:
+        raise HTTPException(422, "labels are required: the label holds the instruction")
+    prompts = req.prompts or [None] * n
+    labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
+    return labels, [extract_response(q, p) for q, p in zip(req.query, prompts)]
+
+
 async def _client_gone(request: Request) -> None:
     """Return once the client hangs up. The body is read by now, so the server's next ASGI
     message is ``http.disconnect`` (as Starlette's StreamingResponse listens for it)."""
@@ -58,6 +133,7 @@ def create_app(
     max_items_per_request: int = 1024,
     request_timeout: float = 600.0,
     max_body_bytes: int = 16 * 1024 * 1024,
+    max_instruction_chars: int = 20_000,
     failure_score: float = 0.0,
     close_reward: bool = False,
     drain_timeout: float = 60.0,
@@ -74,6 +150,7 @@ def create_app(
             backend such as the embedded model, more for HTTP backends).
         request_timeout: seconds a request may wait for its results (then 504).
         max_body_bytes: larger request bodies get 413.
+        max_instruction_chars: a longer instruction is its item's error (not scored).
         failure_score: the reward ``/get_reward`` reports for a failed item (needs a number).
         close_reward: close ``reward`` at shutdown (the CLI owns its reward; tests do not).
 
@@ -117,13 +194,35 @@ def create_app(
     app.state.model_error = None
 
     async def run(instr: list[Any], resp: list[Any], ctx: list[Any],
-                  request: Request | None = None) -> list[FlipResult]:
+                  request: Request | None = None, index: list[int] | None = None,
+                  ) -> list[FlipResult]:
+        """Score the items; ``index``: their places in the request (default: 0, 1, ...)."""
         if app.state.model_error is not None:
             metrics.rejected["model_failed"] += 1
             raise HTTPException(503, app.state.model_error)
         if len(instr) > max_items_per_request:
             metrics.rejected["too_large"] += 1
             raise HTTPException(413, f"at most {max_items_per_request} items per request")
+        # An over-long instruction is its item's error, before any work on it: masking a
+        # 10 MB instruction's echo alone took seconds.
+        out: list[FlipResult | None] = [None] * len(instr)
+        for i, value in enumerate(instr):
+            n = _instruction_chars(value, reward.config.infer)
+            if n > max_instruction_chars:
+                metrics.rejected["instruction_too_long"] += 1
+                out[i] = FlipResult(
+                    reward=None, method=reward.config.method, model=reward.backend.model_id,
+                    error=f"item {i if index is None else index[i]}: field 'instruction' has "
+                    f"{n:,} characters, over this server's limit of {max_instruction_chars:,} "
+                    "(--max-instruction-chars)")
+        todo = [i for i, r in enumerate(out) if r is None]
+        if len(todo) < len(instr):
+            got = await run([instr[i] for i in todo], [resp[i] for i in todo],
+                            [ctx[i] for i in todo], request,
+                            [i if index is None else index[i] for i in todo])
+            for i, res in zip(todo, got):
+                out[i] = res
+            return [r for r in out if r is not None]
         submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
         # a client that hangs up has its items dropped (queued) or cancelled (running)
         watch = asyncio.ensure_future(_client_gone(request)) if request is not None else None
@@ -148,9 +247,10 @@ def create_app(
             if watch is not None:
                 watch.cancel()
 
-    @app.post("/v1/score", response_model=ScoreResponse)
-    async def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
+    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=_body_schema(ScoreRequest))
+    async def score(request: Request) -> Response:
         """Score a batch of items; results come back in input order as FlipResult dicts."""
+        req = await asyncio.to_thread(_parse_body, await request.body(), ScoreRequest)
         results = await run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
@@ -163,23 +263,17 @@ def create_app(
             if it.id is not None:
                 d["id"] = it.id
             out.append(d)
-        return {"model": reward.backend.model_id, "fingerprint": reward.fingerprint(),
-                "results": out}
+        return await _json_reply({"model": reward.backend.model_id,
+                                  "fingerprint": reward.fingerprint(), "results": out})
 
-    @app.post("/get_reward", response_model=OpenRLHFResponse)
-    async def get_reward(req: OpenRLHFRequest, request: Request) -> dict[str, Any]:
+    @app.post("/get_reward", response_model=OpenRLHFResponse,
+              openapi_extra=_body_schema(OpenRLHFRequest))
+    async def get_reward(request: Request) -> Response:
         """OpenRLHF's remote reward: instruction = label, response = query minus prompt."""
-        n = len(req.query)
-        for name, values in (("prompts", req.prompts), ("labels", req.labels)):
-            if values is not None and len(values) != n:
-                raise HTTPException(422, f"{len(values)} {name} for {n} queries")
-        if n and req.labels is None:
-            raise HTTPException(422, "labels are required: the label holds the instruction")
-        prompts = req.prompts or [None] * n
-        labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
-        responses = [extract_response(q, p) for q, p in zip(req.query, prompts)]
+        req = await asyncio.to_thread(_parse_body, await request.body(), OpenRLHFRequest)
+        labels, responses = await asyncio.to_thread(_openrlhf_items, req)
         results = await _score_nonblank(labels, responses, request)
-        return rewards_payload(results, failure_score)
+        return await _json_reply(rewards_payload(results, failure_score))
 
     async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
         # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
@@ -189,7 +283,7 @@ def create_app(
             for _ in resp
         ]
         got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo),
-                        request)
+                        request, todo)
         for i, res in zip(todo, got):
             out[i] = res
         return out
