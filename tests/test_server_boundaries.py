@@ -319,3 +319,32 @@ def test_an_over_long_instruction_is_its_items_error_not_scored_and_not_a_500() 
         r = httpx.post(srv.url + "/v1/score", json={"items": items[:1]}, timeout=30)
         assert r.json()["results"][0]["error"].startswith(
             "item 0: field 'instruction' has 6 characters, over this server's limit of 5 ")
+
+
+async def test_a_request_is_answered_when_its_own_items_are_done_not_its_whole_batch() -> None:
+    # Regression: a one-item request that shared a micro-batch with a big one waited for all of
+    # the big one's items.
+    from fliprm.server._batcher import MicroBatcher
+    from fliprm.server._metrics import Metrics
+
+    release = asyncio.Event()
+
+    class Gated(FakeBackend):
+        async def generate(self, request: Any) -> Any:
+            if "slow" in shown_response(request):
+                await release.wait()
+            return await super().generate(request)
+
+    judge = short_judge()
+    rm = make_reward(Gated(judge._fn, max_concurrency=8))
+    batcher = MicroBatcher(rm, Metrics(), max_wait_s=0.05, max_inflight_batches=1)
+    slow = asyncio.ensure_future(batcher.submit(["Say hi"] * 3, ["slow one", "slow two", "ok"],
+                                                [None] * 3))
+    fast = asyncio.ensure_future(batcher.submit(["Say hi"], ["fast answer"], [None]))
+    (res,) = await asyncio.wait_for(fast, 10)  # one batch with the slow request: not held back
+    assert res.error is None and res.inferred_instruction == "fast answer"
+    assert not slow.done()
+    release.set()
+    assert [r.inferred_instruction for r in await asyncio.wait_for(slow, 10)] == [
+        "slow one", "slow two", "ok"]
+    await batcher.aclose()
