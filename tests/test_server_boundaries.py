@@ -337,7 +337,8 @@ async def test_a_request_is_answered_when_its_own_items_are_done_not_its_whole_b
 
     judge = short_judge()
     rm = make_reward(Gated(judge._fn, max_concurrency=8))
-    batcher = MicroBatcher(rm, Metrics(), max_wait_s=0.05, max_inflight_batches=1)
+    batcher = MicroBatcher(rm, Metrics(), max_batch_items=32, max_wait_s=0.05,
+                           max_queue_items=100, max_inflight_batches=1)
     slow = asyncio.ensure_future(batcher.submit(["Say hi"] * 3, ["slow one", "slow two", "ok"],
                                                 [None] * 3))
     fast = asyncio.ensure_future(batcher.submit(["Say hi"], ["fast answer"], [None]))
@@ -348,3 +349,78 @@ async def test_a_request_is_answered_when_its_own_items_are_done_not_its_whole_b
     assert [r.inferred_instruction for r in await asyncio.wait_for(slow, 10)] == [
         "slow one", "slow two", "ok"]
     await batcher.aclose()
+
+
+# ---- ServerOptions: one definition of the server's settings (issue 22) ------------------------
+
+
+def _served_options(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[Any, Any]:
+    """The ServerOptions ``fliprm serve ARGS`` would serve with (uvicorn is not started)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import fliprm.server
+    from fliprm.cli.main import _register, app
+
+    seen: dict[str, Any] = {}
+    real = fliprm.server.create_app
+
+    def capture(reward: Any, **kw: Any) -> Any:
+        seen["options"] = kw["options"]
+        return real(reward, **kw)
+
+    monkeypatch.setattr(fliprm.server, "create_app", capture)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: seen.setdefault(
+        "config", self.config))
+    monkeypatch.delenv("FLIPRM_API_KEY", raising=False)
+    _register()
+    res = CliRunner().invoke(app, ["serve", "-b", "fake", *args])
+    return res, seen
+
+
+def test_every_server_flag_is_derived_from_server_options_and_reaches_app_and_uvicorn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fliprm.config import ServerOptions
+
+    res, seen = _served_options(monkeypatch, [
+        "--port", "0", "--max-batch", "7", "--max-queue", "70", "--max-wait-ms", "9",
+        "--max-body-mb", "0.5", "--max-instruction-chars", "123", "--failure-score", "-1",
+        "--idle-timeout", "4", "--write-timeout", "3", "--log-level", "warning",
+        "--api-key", "k"])
+    assert res.exit_code == 0, res.output
+    opts = seen["options"]
+    assert opts == ServerOptions(port=0, max_batch_items=7, max_queue_items=70, max_wait_ms=9,
+                                 max_body_mb=0.5, max_instruction_chars=123, failure_score=-1,
+                                 idle_timeout=4, write_timeout=3, log_level="warning",
+                                 api_key="k")
+    config = seen["config"]
+    assert (config.port, config.timeout_keep_alive, config.log_level) == (0, 4, "warning")
+    # every field but the key (its own --api-key with FLIPRM_API_KEY) has a flag
+    from fliprm.cli._config_options import _params
+    flags = {p.name for p in _params(ServerOptions, ())}
+    assert flags == set(ServerOptions.model_fields) - {"api_key"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-batch", "0"], "max_batch_items: must be >= 1"),
+    (["--idle-timeout", "-1"], "idle_timeout: must be > 0"),
+    (["--log-level", "loud"], "log_level: Input should be"),
+])
+def test_bad_server_flags_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                              message: str) -> None:
+    res, seen = _served_options(monkeypatch, args)
+    assert res.exit_code == 2 and "options" not in seen
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_create_app_takes_options_and_keyword_changes_on_top() -> None:
+    from fliprm.config import ServerOptions
+    from fliprm.errors import ConfigError
+
+    base = ServerOptions(max_wait_ms=7, max_instruction_chars=10)
+    app = create_app(make_reward(), base, max_body_bytes=2000, drain_timeout=3)
+    assert app.state.options == base.replace(max_body_mb=2000 / 2**20, graceful_timeout=3)
+    assert app.state.options.max_body_bytes == 2000 and app.state.batcher.max_wait_s == 0.007
+    with pytest.raises(ConfigError, match="unknown_option"):
+        create_app(make_reward(), unknown_option=1)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
+from ..config import ServerOptions
 from ..errors import FlipError
 from ..inputs import split_conversation
 from ..integrations.openrlhf import extract_response, rewards_payload
@@ -124,34 +125,18 @@ async def _client_gone(request: Request) -> None:
 
 def create_app(
     reward: FlipReward,
+    options: ServerOptions | None = None,
     *,
-    api_key: str | None = None,
-    max_batch_items: int = 32,
-    max_wait_ms: float = 5.0,
-    max_queue_items: int = 1024,
-    max_inflight_batches: int | None = None,
-    max_items_per_request: int = 1024,
-    request_timeout: float = 600.0,
-    max_body_bytes: int = 16 * 1024 * 1024,
-    max_instruction_chars: int = 20_000,
-    failure_score: float = 0.0,
     close_reward: bool = False,
-    drain_timeout: float = 60.0,
+    **changes: Any,
 ) -> FastAPI:
     """Build the reward server app for ``reward``.
 
     Args:
         reward: the one :class:`FlipReward` every request is scored with.
-        api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
-        max_batch_items: items scored together as one micro-batch (soft cap).
-        max_wait_ms: how long the first queued request waits for others to join its batch.
-        max_queue_items: items allowed to wait; beyond it requests get 503 + Retry-After.
-        max_inflight_batches: batches scored at once (default: 1 for a one-call-at-a-time
-            backend such as the embedded model, more for HTTP backends).
-        request_timeout: seconds a request may wait for its results (then 504).
-        max_body_bytes: larger request bodies get 413.
-        max_instruction_chars: a longer instruction is its item's error (not scored).
-        failure_score: the reward ``/get_reward`` reports for a failed item (needs a number).
+        options: limits, batching and timeouts (:class:`~fliprm.config.ServerOptions`; its
+            fields document each one); ``changes`` are applied on top (any field, e.g.
+            ``max_wait_ms=20``).
         close_reward: close ``reward`` at shutdown (the CLI owns its reward; tests do not).
 
     Example:
@@ -159,17 +144,26 @@ def create_app(
         >>> app = create_app(FlipReward("fake", backend_options={"replies": []}))
         >>> sorted(r.path for r in app.routes if r.path.startswith(("/v1", "/get", "/he", "/me")))
         ['/get_reward', '/health', '/metrics', '/v1/score']
+        >>> create_app(FlipReward("fake"), max_wait_ms=20).state.options.max_wait_ms
+        20.0
     """
-    max_items_per_request = min(max_items_per_request, max_queue_items)
+    opts = options or ServerOptions()
+    if changes:
+        opts = opts.replace(**changes)
+    max_items_per_request = min(opts.max_items_per_request, opts.max_queue_items)
+    max_instruction_chars = opts.max_instruction_chars
+    request_timeout = opts.request_timeout
+    failure_score = opts.failure_score
+    max_inflight_batches = opts.max_inflight_batches
     if max_inflight_batches is None:
         max_inflight_batches = max(1, min(8, reward.engine.max_concurrency // 4))
     metrics = Metrics()
     batcher = MicroBatcher(
         reward,
         metrics,
-        max_batch_items=max_batch_items,
-        max_wait_s=max_wait_ms / 1000,
-        max_queue_items=max_queue_items,
+        max_batch_items=opts.max_batch_items,
+        max_wait_s=opts.max_wait_ms / 1000,
+        max_queue_items=opts.max_queue_items,
         max_inflight_batches=max_inflight_batches,
     )
 
@@ -183,11 +177,12 @@ def create_app(
         batcher.start()
         yield
         # uvicorn has already let in-flight requests finish; drain whatever is still queued.
-        await batcher.aclose(drain_timeout)
+        await batcher.aclose(opts.graceful_timeout)
         if close_reward:
             await reward.aclose()
 
     app = FastAPI(title="fliprm reward server", version=__version__, lifespan=lifespan)
+    app.state.options = opts
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.reward = reward
@@ -329,8 +324,8 @@ def create_app(
     app.add_middleware(
         LimitsMiddleware,
         metrics=metrics,
-        api_key=api_key,
-        max_body_bytes=max_body_bytes,
+        api_key=opts.api_key,
+        max_body_bytes=opts.max_body_bytes,
         routes=frozenset(getattr(r, "path", "") for r in app.routes),
     )
     return app

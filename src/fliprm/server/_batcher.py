@@ -66,9 +66,11 @@ class _Job:
 
 
 class MicroBatcher:
-    """Groups queued jobs into batches for one :class:`FlipReward`.
+    """Groups queued jobs into batches for one :class:`FlipReward`. The limits come from
+    :class:`~fliprm.config.ServerOptions` (``create_app`` passes them; no defaults here).
 
-    >>> MicroBatcher(FlipReward("fake", backend_options={"replies": []})).depth  # doctest: +SKIP
+    >>> MicroBatcher(FlipReward("fake"), Metrics(), max_batch_items=32, max_wait_s=0.005,
+    ...              max_queue_items=1024, max_inflight_batches=1).depth
     0
     """
 
@@ -77,10 +79,10 @@ class MicroBatcher:
         reward: FlipReward,
         metrics: Metrics,
         *,
-        max_batch_items: int = 32,
-        max_wait_s: float = 0.005,
-        max_queue_items: int = 1024,
-        max_inflight_batches: int = 1,
+        max_batch_items: int,
+        max_wait_s: float,
+        max_queue_items: int,
+        max_inflight_batches: int,
     ) -> None:
         self.reward = reward
         self.metrics = metrics
