@@ -424,3 +424,51 @@ def test_create_app_takes_options_and_keyword_changes_on_top() -> None:
     assert app.state.options.max_body_bytes == 2000 and app.state.batcher.max_wait_s == 0.007
     with pytest.raises(ConfigError, match="unknown_option"):
         create_app(make_reward(), unknown_option=1)
+
+
+# ---- the echo guard's near-copy marking is linear, with the same masks -------------------------
+
+
+def _near_copies_reference(seq: list[str], instr: list[str], coverage: float) -> set[int]:
+    """The guard's earlier, quadratic marking (every window re-scanned), for comparison."""
+    import math
+    from collections import Counter
+
+    from fliprm.guard import STOP_WORDS
+
+    want = Counter(w for w in instr if w not in STOP_WORDS)
+    n = sum(want.values())
+    if n < 2:
+        return set()
+    need = max(2, math.ceil(coverage * n))
+    width = len(instr) + max(2, len(instr) // 4)
+    hit: set[int] = set()
+    have: Counter[str] = Counter()
+    overlap = 0
+    for j, w in enumerate(seq):
+        if w in want:
+            have[w] += 1
+            overlap += have[w] <= want[w]
+        k = j - width
+        if k >= 0 and seq[k] in want:
+            overlap -= have[seq[k]] <= want[seq[k]]
+            have[seq[k]] -= 1
+        if overlap >= need:
+            hit.update(i for i in range(max(0, j - width + 1), j + 1) if seq[i] in want)
+    return hit
+
+
+def test_near_copy_marking_matches_the_quadratic_reference() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fliprm.guard import _near_copies
+
+    words = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "the", "of", "x"]), max_size=60)
+
+    @settings(max_examples=300, deadline=None)
+    @given(words, words, st.sampled_from([0.5, 0.7, 1.0]))
+    def check(seq: list[str], instr: list[str], coverage: float) -> None:
+        assert _near_copies(seq, instr, coverage) == _near_copies_reference(seq, instr, coverage)
+
+    check()
