@@ -472,3 +472,31 @@ def test_near_copy_marking_matches_the_quadratic_reference() -> None:
         assert _near_copies(seq, instr, coverage) == _near_copies_reference(seq, instr, coverage)
 
     check()
+
+
+async def test_flipreward_prepares_a_big_item_off_the_event_loop() -> None:
+    # The library, not just the server: any asyncio caller (an RL trainer's loop) keeps running
+    # while a megabyte item is validated, cut and echo-masked.
+    rm = make_reward(short_judge(), mask_echo=True)
+    instruction = _words(150_000, "i")  # ~1.1 MB: no cap in the library
+    response = "Sure. " + instruction[:150_000] + " done"
+    gaps: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    t0 = time.perf_counter()
+    (res,) = await rm.ascore([instruction], [response])
+    elapsed = time.perf_counter() - t0
+    done = True
+    await tick
+    assert res.error is None and res.extra["echo_masked_words"] > 20_000
+    # on the loop, one gap was the whole preparation; off it, the loop ticks throughout
+    assert max(gaps) < elapsed / 2, (max(gaps), elapsed)
