@@ -500,3 +500,19 @@ async def test_flipreward_prepares_a_big_item_off_the_event_loop() -> None:
     assert res.error is None and res.extra["echo_masked_words"] > 20_000
     # on the loop, one gap was the whole preparation; off it, the loop ticks throughout
     assert max(gaps) < elapsed / 2, (max(gaps), elapsed)
+
+
+def test_bodies_parsed_off_the_loop_keep_fastapis_422_shape() -> None:
+    with ServerThread(create_app(make_reward())) as srv:
+        r = httpx.post(srv.url + "/v1/score", content=b'{"items": [', timeout=10,
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+        assert r.json()["detail"][0]["loc"] == ["body", 11]
+        r = httpx.post(srv.url + "/v1/score", json={"itemz": []}, timeout=10)
+        assert r.status_code == 422
+        assert [e["loc"] for e in r.json()["detail"]] == [["body", "items"], ["body", "itemz"]]
+        r = httpx.post(srv.url + "/get_reward", json={"query": ["q"], "labels": []}, timeout=10)
+        assert r.status_code == 422 and r.json()["detail"] == "0 labels for 1 queries"
+        schema = httpx.get(srv.url + "/openapi.json", timeout=10).json()
+        body = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]
+        assert "instruction" in body["schema"]["properties"]["items"]["items"]["properties"]

@@ -8,13 +8,12 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..config import ServerOptions
@@ -24,6 +23,7 @@ from ..integrations.openrlhf import extract_response, rewards_payload
 from ..result import FlipResult
 from ..reward import FlipReward
 from ._batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown
+from ._bodies import body_schema, json_reply, parse_body
 from ._metrics import Metrics
 from ._middleware import LimitsMiddleware
 from .schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreRequest, ScoreResponse
@@ -41,53 +41,6 @@ def load_model(reward: FlipReward) -> None:
     start = getattr(reward.backend, "start", None)
     if callable(start):
         start()
-
-
-_Body = TypeVar("_Body", bound=BaseModel)
-
-
-def _parse_body(body: bytes, model: type[_Body]) -> _Body:
-    """``body`` as ``model``, run in a worker thread (megabytes of JSON take a while); errors
-    are FastAPI's 422, its ``loc`` starting at ``"body"``."""
-    try:
-        data = json.loads(body)
-    except ValueError as exc:  # bad JSON or bad UTF-8
-        raise RequestValidationError([{
-            "type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)),
-            "msg": "JSON decode error", "input": {},
-            "ctx": {"error": getattr(exc, "msg", str(exc))}}]) from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
-                                      for e in exc.errors(include_url=False)]) from None
-
-
-def _json_bytes(payload: Any) -> bytes:
-    # what FastAPI's JSONResponse writes, built off the event loop (replies run to megabytes)
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                      default=str).encode("utf-8")
-
-
-async def _json_reply(payload: Any) -> Response:
-    return Response(await asyncio.to_thread(_json_bytes, payload), media_type="application/json")
-
-
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI's requestBody for a route that parses ``model`` itself (refs inlined)."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        return [inline(v) for v in node] if isinstance(node, list) else node
-
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def _instruction_chars(value: Any, infer: str) -> int:
@@ -242,10 +195,10 @@ def create_app(
             if watch is not None:
                 watch.cancel()
 
-    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=_body_schema(ScoreRequest))
+    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema(ScoreRequest))
     async def score(request: Request) -> Response:
         """Score a batch of items; results come back in input order as FlipResult dicts."""
-        req = await asyncio.to_thread(_parse_body, await request.body(), ScoreRequest)
+        req = await asyncio.to_thread(parse_body, await request.body(), ScoreRequest)
         results = await run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
@@ -258,17 +211,17 @@ def create_app(
             if it.id is not None:
                 d["id"] = it.id
             out.append(d)
-        return await _json_reply({"model": reward.backend.model_id,
+        return await json_reply({"model": reward.backend.model_id,
                                   "fingerprint": reward.fingerprint(), "results": out})
 
     @app.post("/get_reward", response_model=OpenRLHFResponse,
-              openapi_extra=_body_schema(OpenRLHFRequest))
+              openapi_extra=body_schema(OpenRLHFRequest))
     async def get_reward(request: Request) -> Response:
         """OpenRLHF's remote reward: instruction = label, response = query minus prompt."""
-        req = await asyncio.to_thread(_parse_body, await request.body(), OpenRLHFRequest)
+        req = await asyncio.to_thread(parse_body, await request.body(), OpenRLHFRequest)
         labels, responses = await asyncio.to_thread(_openrlhf_items, req)
         results = await _score_nonblank(labels, responses, request)
-        return await _json_reply(rewards_payload(results, failure_score))
+        return await json_reply(rewards_payload(results, failure_score))
 
     async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
         # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
