@@ -516,3 +516,35 @@ def test_bodies_parsed_off_the_loop_keep_fastapis_422_shape() -> None:
         schema = httpx.get(srv.url + "/openapi.json", timeout=10).json()
         body = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]
         assert "instruction" in body["schema"]["properties"]["items"]["items"]["properties"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_prepares_big_items_too() -> None:
+    # the preparation thread is not inherited by a fork (data loader workers): the child makes
+    # its own instead of queueing work for a thread that does not exist (it hung)
+    import signal
+    import warnings
+
+    big = _words(8_000, "w")
+    rm = make_reward(short_judge())
+    assert rm.score(["Say hi"], [big])[0].error is None  # the parent's thread exists now
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            err = make_reward(short_judge()).score(["Say hi"], [big])[0].error
+            os.write(write, b"ok" if err is None else b"error")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 30
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung preparing a big item")
+        time.sleep(0.05)
+    assert os.read(read, 16) == b"ok"
+    os.close(read)

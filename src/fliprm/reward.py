@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -63,6 +64,16 @@ def _preparer() -> ThreadPoolExecutor:
     if _PREPARER is None:
         _PREPARER = ThreadPoolExecutor(1, thread_name_prefix="fliprm-prepare")
     return _PREPARER
+
+
+def _forget_preparer() -> None:
+    # a forked child (data loader workers) inherits the executor but not its thread
+    global _PREPARER
+    _PREPARER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_preparer)
 
 
 def _text_size(*values: Any) -> int:
