@@ -43,6 +43,7 @@ __all__ = [
     "PRESETS",
     "RewardConfig",
     "RuntimeOptions",
+    "ServerOptions",
     "TemplateFamily",
     "config_error",
     "fingerprint_of",
@@ -340,6 +341,103 @@ class RuntimeOptions(BaseModel):
         if v is not None and v <= 0:
             raise ValueError("must be > 0")
         return v
+
+
+class ServerOptions(BaseModel):
+    """How ``fliprm serve`` serves (limits, timeouts, batching): never part of a fingerprint.
+
+    One definition for :func:`fliprm.server.create_app`, :func:`fliprm.server.serve_config`
+    and the ``fliprm serve`` flags (derived from these fields, like RewardConfig's).
+
+    >>> opts = ServerOptions(max_body_mb=1)
+    >>> opts.max_body_bytes, opts.replace(idle_timeout=5).write_deadline
+    (1048576, 5.0)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = opt("127.0.0.1", "bind address; non-loopback needs --api-key")
+    port: int = opt(8080, "port (0 = any free port)")
+    #: clients must send it as a bearer token (every route but /health); the CLI's --api-key
+    api_key: str | None = Field(None, repr=False, json_schema_extra={"cli": False})
+    max_batch_items: int = opt(32, "items per backend batch", flag="--max-batch")
+    max_wait_ms: float = opt(5.0, "milliseconds the first queued request waits for others to "
+                             "join its batch")
+    max_queue_items: int = opt(1024, "items queued before 503", flag="--max-queue")
+    max_inflight_batches: int | None = opt(
+        None, "batches scored at once (default: 1 for the embedded model, more for HTTP "
+        "backends)")
+    max_items_per_request: int = opt(1024, "items per request (413)")
+    max_instruction_chars: int = opt(20_000, "a longer instruction is its item's error, "
+                                     "not scored")
+    request_timeout: float = opt(600.0, "seconds per request (504)")
+    max_body_mb: float = opt(16.0, "request body cap in MiB (413)")
+    failure_score: float = opt(0.0, "/get_reward value for failed items")
+    graceful_timeout: float = opt(60.0, "seconds to finish in-flight work at shutdown")
+    header_timeout: float = opt(30.0, "seconds a client may take to send a request's headers "
+                                "and body")
+    idle_timeout: float = opt(15.0, "seconds an idle kept-alive connection stays open")
+    write_timeout: float | None = opt(None, "seconds a client may leave its reply unread "
+                                      "before it is dropped (default: --idle-timeout)")
+    max_connections: int | None = opt(512, "open connections at most (lowered to fit the open-file "
+                               "limit); beyond it the connection waiting longest for its "
+                               "request is closed, or the newcomer gets 503")
+    drain_grace: float = opt(2.0, "at shutdown, seconds idle kept-alive connections stay open "
+                             "answering 503")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = opt(
+        "info", "uvicorn's log level")
+
+    @field_validator("max_batch_items", "max_queue_items", "max_items_per_request",
+                     "max_instruction_chars", "max_connections", "max_inflight_batches")
+    @classmethod
+    def _at_least_one(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("request_timeout", "max_body_mb", "graceful_timeout", "header_timeout",
+                     "idle_timeout", "write_timeout")
+    @classmethod
+    def _positive_seconds(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("max_wait_ms", "drain_grace")
+    @classmethod
+    def _not_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 0 <= v <= 65535:
+            raise ValueError("must be between 0 and 65535")
+        return v
+
+    @property
+    def max_body_bytes(self) -> int:
+        return round(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def write_deadline(self) -> float:
+        """``write_timeout``, or the idle timeout when unset."""
+        return self.idle_timeout if self.write_timeout is None else self.write_timeout
+
+    def replace(self, **changes: Any) -> ServerOptions:
+        """A validated copy with ``changes``; also takes the older keywords ``max_body_bytes``
+        and ``drain_timeout`` (= ``graceful_timeout``).
+
+        >>> ServerOptions().replace(max_body_bytes=2000).max_body_bytes
+        2000
+        """
+        if "max_body_bytes" in changes:
+            changes["max_body_mb"] = changes.pop("max_body_bytes") / (1024 * 1024)
+        if "drain_timeout" in changes:
+            changes["graceful_timeout"] = changes.pop("drain_timeout")
+        return make_config(ServerOptions, {**self.model_dump(), **changes})
 
 
 def config_error(exc: ValidationError, cls_name: str = "settings") -> ConfigError:

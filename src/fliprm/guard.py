@@ -65,6 +65,7 @@ def _near_copies(seq: list[str], instr: list[str], coverage: float) -> set[int]:
     hit: set[int] = set()
     have: Counter[str] = Counter()
     overlap = 0
+    scanned = -1  # positions up to here are marked already: linear, not len(seq) * width
     for j, w in enumerate(seq):
         if w in want:
             have[w] += 1
@@ -74,8 +75,9 @@ def _near_copies(seq: list[str], instr: list[str], coverage: float) -> set[int]:
             overlap -= have[seq[k]] <= want[seq[k]]
             have[seq[k]] -= 1
         if overlap >= need:
-            lo = max(0, j - width + 1)
+            lo = max(0, j - width + 1, scanned + 1)
             hit.update(i for i in range(lo, j + 1) if seq[i] in want)
+            scanned = j
     return hit
 
 

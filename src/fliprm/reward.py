@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,45 @@ def truncate_middle(text: str, max_chars: int) -> tuple[str, bool]:
     head = (2 * keep) // 3
     tail = keep - head
     return text[:head] + _MARK + text[len(text) - tail :], True
+
+
+#: items with more text than this are prepared in a worker thread, not on the event loop
+OFFLOAD_CHARS = 32_768
+
+
+_PREPARER: ThreadPoolExecutor | None = None
+
+
+def _preparer() -> ThreadPoolExecutor:
+    """One thread for big items' preparation: it is pure Python, so more threads would only
+    take the GIL from the event loop more often, not prepare faster."""
+    global _PREPARER
+    if _PREPARER is None:
+        _PREPARER = ThreadPoolExecutor(1, thread_name_prefix="fliprm-prepare")
+    return _PREPARER
+
+
+def _forget_preparer() -> None:
+    # a forked child (data loader workers) inherits the executor but not its thread
+    global _PREPARER
+    _PREPARER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_preparer)
+
+
+def _text_size(*values: Any) -> int:
+    """Characters of text in an item's fields (strings, chat messages), cheaply."""
+    n = 0
+    for v in values:
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, (list, tuple)):
+            for m in v:
+                content = m.get("content") if isinstance(m, dict) else None
+                n += len(content) if isinstance(content, str) else 0
+    return n
 
 
 _OVERFLOW = re.compile(r"\((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
@@ -254,6 +295,30 @@ class FlipReward:
         return res
 
     async def _score_one(self, instruction: Any, response: Any, context: Any, where: str) -> FlipResult:
+        if _text_size(instruction, response, context) > OFFLOAD_CHARS:
+            # validation, truncation and the echo guard cost seconds on megabytes of text: off
+            # the event loop, so a server keeps answering (small items stay inline: cheaper,
+            # and they reach the backend in input order)
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                _preparer(), self._prepare, instruction, response, context, where)
+        else:
+            prepared = self._prepare(instruction, response, context, where)
+        item, truncated, defused, masked = prepared
+        template = item.template
+        runner = _Runner(self, truncated)
+        res = await self.method.run(runner, item)
+        res.template = template.name
+        res.truncated = runner.truncated
+        if defused:
+            res.extra["markup_defused"] = defused
+        if masked:
+            res.extra["echo_masked_words"] = masked
+        return res
+
+    def _prepare(self, instruction: Any, response: Any, context: Any,
+                 where: str) -> tuple[Item, bool, int, int]:
+        """The item as the method sees it: validated, cut, defused, echo-masked (CPU only).
+        Returns (item, truncated, markup defused, echo words masked)."""
         instr, resp, ctx = prepare_item(instruction, response, context, infer=self.config.infer,
                                         where=where)
         template = self.family.for_item(ctx is not None)
@@ -265,17 +330,7 @@ class FlipReward:
         masked = 0
         if self.config.mask_echo:
             resp, masked = mask_instruction_echo(resp, instr)
-        item = Item(instr, resp, ctx, template, where)
-        runner = _Runner(self, truncated)
-        res = await self.method.run(runner, item)
-        res.template = template.name
-        res.truncated = runner.truncated
-        if defused:
-            res.extra["markup_defused"] = defused
-        if masked:
-            res.extra["echo_masked_words"] = masked
-        return res
-
+        return Item(instr, resp, ctx, template, where), truncated, defused, masked
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from .._types import Completion, GenerateRequest
-from ..errors import BackendError, BackendTimeout, BadResponse, ConfigError, MissingDependency
+from ..errors import (
+    BackendError,
+    BackendTimeout,
+    BadResponse,
+    ConfigError,
+    FlipError,
+    MissingDependency,
+)
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
 from ._forcing import forcing_steps
@@ -100,6 +107,8 @@ class EmbeddedBackend:
         # asks for an open one (api_key="").
         self.api_key = secrets.token_urlsafe(24) if api_key is None else api_key
         self._server: Any = None
+        #: why the model did not load; kept, so a server does not re-hash the file per request
+        self._load_error: FlipError | None = None
         self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
         self.load_s: float | None = None
@@ -132,40 +141,53 @@ class EmbeddedBackend:
         return model_path(self._spec, verify=False)
 
     def start(self) -> None:
-        """Verify and load the model now (otherwise the first call does it)."""
+        """Verify and load the model now (otherwise the first call does it).
+
+        A failure is remembered: later calls raise it again at once, without re-hashing or
+        re-loading the file (build a new backend after fixing it).
+        """
         with self._load_lock:
             if self._server is not None:
                 return
-            t0 = time.perf_counter()
-            path = self.model_path
-            # Hash the whole file in this process, every load: a stamp or an mtime can be faked.
-            hint = self._spec.install_hint if self._spec else ""
-            verify_file(path, self.sha256, hint=hint)
+            if self._load_error is not None:
+                raise self._load_error.with_traceback(None)
             try:
-                import xllamacpp
-            except ImportError:
-                raise MissingDependency(
-                    "the embedded backend needs the llama.cpp runtime: pip install 'fliprm[embedded]'"
-                ) from None
-            p = xllamacpp.CommonParams()
-            p.model.path = str(path)
-            p.n_ctx = self.n_ctx
-            p.n_parallel = 1
-            p.cache_ram_mib = self.prompt_cache_mib
-            p.cpuparams.n_threads = self.n_threads
-            p.cpuparams_batch.n_threads = self.n_threads
-            p.warmup = False
-            p.verbosity = 0
-            p.hostnames = ["127.0.0.1"]
-            if self.api_key:
-                p.api_keys = [self.api_key]
-            if self._port is not None:
-                p.port = self._port
-            try:
-                self._server = xllamacpp.Server(p)
-            except Exception as exc:
-                raise BackendError(f"llama.cpp could not load {path}: {exc}") from exc
-            self.load_s = time.perf_counter() - t0
+                self._load()
+            except FlipError as exc:
+                self._load_error = exc
+                raise
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        path = self.model_path
+        # Hash the whole file in this process, every load: a stamp or an mtime can be faked.
+        hint = self._spec.install_hint if self._spec else ""
+        verify_file(path, self.sha256, hint=hint)
+        try:
+            import xllamacpp
+        except ImportError:
+            raise MissingDependency(
+                "the embedded backend needs the llama.cpp runtime: pip install 'fliprm[embedded]'"
+            ) from None
+        p = xllamacpp.CommonParams()
+        p.model.path = str(path)
+        p.n_ctx = self.n_ctx
+        p.n_parallel = 1
+        p.cache_ram_mib = self.prompt_cache_mib
+        p.cpuparams.n_threads = self.n_threads
+        p.cpuparams_batch.n_threads = self.n_threads
+        p.warmup = False
+        p.verbosity = 0
+        p.hostnames = ["127.0.0.1"]
+        if self.api_key:
+            p.api_keys = [self.api_key]
+        if self._port is not None:
+            p.port = self._port
+        try:
+            self._server = xllamacpp.Server(p)
+        except Exception as exc:
+            raise BackendError(f"llama.cpp could not load {path}: {exc}") from exc
+        self.load_s = time.perf_counter() - t0
 
     @property
     def http_url(self) -> str:

@@ -32,6 +32,7 @@ from ..config import (
     PRESETS,
     RewardConfig,
     RuntimeOptions,
+    ServerOptions,
     env_settings,
     make_config,
     name_env_vars,
@@ -40,7 +41,7 @@ from ..errors import ConfigError, FlipError
 from ..model import cache_dir
 from ..templates import Template
 
-__all__ = ["CliSettings", "fail", "reward_options"]
+__all__ = ["CliSettings", "fail", "reward_options", "server_options"]
 
 err = Console(stderr=True)
 
@@ -169,6 +170,50 @@ def reward_options(
             return fn(**kwargs)
 
         params = own + derived + extra
+        wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
+                                            return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # type: ignore[attr-defined]  (Typer must read this signature)
+        return wrapper
+
+    return deco
+
+
+def server_options(
+    *, exclude: Iterable[str] = (), env: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a Typer command: a ``--flag`` for every :class:`~fliprm.config.ServerOptions`
+    field (as :func:`reward_options` does for the reward), passed as ``server: ServerOptions``.
+
+    Stack it under :func:`reward_options`; a bad value is a one-line error (exit 2).
+    ``env``: a field without its flag comes from ``FLIPRM_<FIELD>`` (e.g.
+    ``FLIPRM_FAILURE_SCORE``), as the reward settings do.
+    """
+    exclude = set(exclude)
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in sig.parameters.values() if p.name != "server"]
+        derived = _params(ServerOptions, exclude)
+        names = {p.name for p in derived}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            used: dict[str, str] = {}
+            if env:
+                used = {k: v for k, v in env_settings(names).items() if given.get(k) is None}
+                given.update(used)
+            try:
+                kwargs["server"] = make_config(
+                    ServerOptions, {k: v for k, v in given.items() if v is not None})
+            except FlipError as exc:
+                fail(name_env_vars(str(exc), used))
+            return fn(**kwargs)
+
+        params = own + derived
         wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
                                             return_annotation=None)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}

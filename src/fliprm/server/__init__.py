@@ -11,11 +11,11 @@ from __future__ import annotations
 from ..errors import MissingDependency
 
 try:
-    from ._app import create_app
+    from ._app import create_app, load_model
     from ._run import GuardedServer, ServerThread, serve_config
 except ImportError as exc:  # pragma: no cover - depends on the install
     if exc.name not in ("fastapi", "starlette", "uvicorn"):
         raise
     raise MissingDependency("the server needs its extra: pip install 'fliprm[server]'") from exc
 
-__all__ = ["GuardedServer", "ServerThread", "create_app", "serve_config"]
+__all__ = ["GuardedServer", "ServerThread", "create_app", "load_model", "serve_config"]

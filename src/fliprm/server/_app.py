@@ -16,16 +16,58 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
+from ..config import ServerOptions
+from ..errors import FlipError
+from ..inputs import split_conversation
 from ..integrations._common import empty_result
 from ..integrations.openrlhf import extract_response, rewards_payload
 from ..result import FlipResult
 from ..reward import FlipReward
 from ._batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown
+from ._bodies import body_schema, json_reply, parse_body
 from ._metrics import Metrics
 from ._middleware import LimitsMiddleware
 from .schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreRequest, ScoreResponse
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "load_model"]
+
+
+def load_model(reward: FlipReward) -> None:
+    """Verify and load ``reward``'s in-process model now (a no-op for HTTP and fake backends),
+    so a server never reports healthy over a model that does not load. Raises its
+    :class:`~fliprm.errors.FlipError` (e.g. ``ModelIntegrityError`` naming the file and hash).
+
+    >>> load_model(FlipReward("fake", backend_options={"replies": []}))
+    """
+    start = getattr(reward.backend, "start", None)
+    if callable(start):
+        start()
+
+
+def _instruction_chars(value: Any, infer: str) -> int:
+    """Length of the instruction an item's field holds (0 when it is unusable: the reward
+    reports that as the item's own error)."""
+    if isinstance(value, str):
+        return len(value)
+    try:
+        instruction = split_conversation(value, infer=infer)[0]
+    except Exception:  # noqa: BLE001 - malformed messages are the reward's to name
+        return 0
+    return len(instruction) if isinstance(instruction, str) else 0
+
+
+def _openrlhf_items(req: OpenRLHFRequest) -> tuple[list[Any], list[str]]:
+    """OpenRLHF's request as (instructions, responses): instruction = label, response = query
+    minus prompt (CPU work on long queries: run in a worker thread)."""
+    n = len(req.query)
+    for name, values in (("prompts", req.prompts), ("labels", req.labels)):
+        if values is not None and len(values) != n:
+            raise HTTPException(422, f"{len(values)} {name} for {n} queries")
+    if n and req.labels is None:
+        raise HTTPException(422, "labels are required: the label holds the instruction")
+    prompts = req.prompts or [None] * n
+    labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
+    return labels, [extract_response(q, p) for q, p in zip(req.query, prompts)]
 
 
 async def _client_gone(request: Request) -> None:
@@ -37,32 +79,18 @@ async def _client_gone(request: Request) -> None:
 
 def create_app(
     reward: FlipReward,
+    options: ServerOptions | None = None,
     *,
-    api_key: str | None = None,
-    max_batch_items: int = 32,
-    max_wait_ms: float = 5.0,
-    max_queue_items: int = 1024,
-    max_inflight_batches: int | None = None,
-    max_items_per_request: int = 1024,
-    request_timeout: float = 600.0,
-    max_body_bytes: int = 16 * 1024 * 1024,
-    failure_score: float = 0.0,
     close_reward: bool = False,
-    drain_timeout: float = 60.0,
+    **changes: Any,
 ) -> FastAPI:
     """Build the reward server app for ``reward``.
 
     Args:
         reward: the one :class:`FlipReward` every request is scored with.
-        api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
-        max_batch_items: items scored together as one micro-batch (soft cap).
-        max_wait_ms: how long the first queued request waits for others to join its batch.
-        max_queue_items: items allowed to wait; beyond it requests get 503 + Retry-After.
-        max_inflight_batches: batches scored at once (default: 1 for a one-call-at-a-time
-            backend such as the embedded model, more for HTTP backends).
-        request_timeout: seconds a request may wait for its results (then 504).
-        max_body_bytes: larger request bodies get 413.
-        failure_score: the reward ``/get_reward`` reports for a failed item (needs a number).
+        options: limits, batching and timeouts (:class:`~fliprm.config.ServerOptions`; its
+            fields document each one); ``changes`` are applied on top (any field, e.g.
+            ``max_wait_ms=20``).
         close_reward: close ``reward`` at shutdown (the CLI owns its reward; tests do not).
 
     Example:
@@ -70,39 +98,80 @@ def create_app(
         >>> app = create_app(FlipReward("fake", backend_options={"replies": []}))
         >>> sorted(r.path for r in app.routes if r.path.startswith(("/v1", "/get", "/he", "/me")))
         ['/get_reward', '/health', '/metrics', '/v1/score']
+        >>> create_app(FlipReward("fake"), max_wait_ms=20).state.options.max_wait_ms
+        20.0
     """
-    max_items_per_request = min(max_items_per_request, max_queue_items)
+    opts = options or ServerOptions()
+    if changes:
+        opts = opts.replace(**changes)
+    max_items_per_request = min(opts.max_items_per_request, opts.max_queue_items)
+    max_instruction_chars = opts.max_instruction_chars
+    request_timeout = opts.request_timeout
+    failure_score = opts.failure_score
+    max_inflight_batches = opts.max_inflight_batches
     if max_inflight_batches is None:
         max_inflight_batches = max(1, min(8, reward.engine.max_concurrency // 4))
     metrics = Metrics()
     batcher = MicroBatcher(
         reward,
         metrics,
-        max_batch_items=max_batch_items,
-        max_wait_s=max_wait_ms / 1000,
-        max_queue_items=max_queue_items,
+        max_batch_items=opts.max_batch_items,
+        max_wait_s=opts.max_wait_ms / 1000,
+        max_queue_items=opts.max_queue_items,
         max_inflight_batches=max_inflight_batches,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(load_model, reward)
+        except FlipError as exc:
+            # serve anyway: /health says why (503), scoring routes answer 503 with it
+            app.state.model_error = f"{type(exc).__name__}: {exc}"
         batcher.start()
         yield
         # uvicorn has already let in-flight requests finish; drain whatever is still queued.
-        await batcher.aclose(drain_timeout)
+        await batcher.aclose(opts.graceful_timeout)
         if close_reward:
             await reward.aclose()
 
     app = FastAPI(title="fliprm reward server", version=__version__, lifespan=lifespan)
+    app.state.options = opts
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.reward = reward
+    app.state.model_error = None
 
     async def run(instr: list[Any], resp: list[Any], ctx: list[Any],
-                  request: Request | None = None) -> list[FlipResult]:
+                  request: Request | None = None, index: list[int] | None = None,
+                  ) -> list[FlipResult]:
+        """Score the items; ``index``: their places in the request (default: 0, 1, ...)."""
+        if app.state.model_error is not None:
+            metrics.rejected["model_failed"] += 1
+            raise HTTPException(503, app.state.model_error)
         if len(instr) > max_items_per_request:
             metrics.rejected["too_large"] += 1
             raise HTTPException(413, f"at most {max_items_per_request} items per request")
+        # An over-long instruction is its item's error, before any work on it: masking a
+        # 10 MB instruction's echo alone took seconds.
+        out: list[FlipResult | None] = [None] * len(instr)
+        for i, value in enumerate(instr):
+            n = _instruction_chars(value, reward.config.infer)
+            if n > max_instruction_chars:
+                metrics.rejected["instruction_too_long"] += 1
+                out[i] = FlipResult(
+                    reward=None, method=reward.config.method, model=reward.backend.model_id,
+                    error=f"item {i if index is None else index[i]}: field 'instruction' has "
+                    f"{n:,} characters, over this server's limit of {max_instruction_chars:,} "
+                    "(--max-instruction-chars)")
+        todo = [i for i, r in enumerate(out) if r is None]
+        if len(todo) < len(instr):
+            got = await run([instr[i] for i in todo], [resp[i] for i in todo],
+                            [ctx[i] for i in todo], request,
+                            [i if index is None else index[i] for i in todo])
+            for i, res in zip(todo, got):
+                out[i] = res
+            return [r for r in out if r is not None]
         submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
         # a client that hangs up has its items dropped (queued) or cancelled (running)
         watch = asyncio.ensure_future(_client_gone(request)) if request is not None else None
@@ -127,10 +196,11 @@ def create_app(
             if watch is not None:
                 watch.cancel()
 
-    @app.post("/v1/score", response_model=ScoreResponse)
-    async def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
+    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema(ScoreRequest))
+    async def score(request: Request) -> Response:
         """Score a batch of items; results come back in input order as FlipResult dicts, each with
         its ``index`` in the request (and the item's ``id``, if it sent one)."""
+        req = await asyncio.to_thread(parse_body, await request.body(), ScoreRequest)
         results = await run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
@@ -145,30 +215,24 @@ def create_app(
             if it.id is not None:
                 d["id"] = it.id
             out.append(d)
-        return {"model": reward.backend.model_id, "fingerprint": reward.fingerprint(),
-                "results": out}
+        return await json_reply({"model": reward.backend.model_id,
+                                  "fingerprint": reward.fingerprint(), "results": out})
 
-    @app.post("/get_reward", response_model=OpenRLHFResponse)
-    async def get_reward(req: OpenRLHFRequest, request: Request) -> dict[str, Any]:
+    @app.post("/get_reward", response_model=OpenRLHFResponse,
+              openapi_extra=body_schema(OpenRLHFRequest))
+    async def get_reward(request: Request) -> Response:
         """OpenRLHF's remote reward: instruction = label, response = query minus prompt."""
-        n = len(req.query)
-        for name, values in (("prompts", req.prompts), ("labels", req.labels)):
-            if values is not None and len(values) != n:
-                raise HTTPException(422, f"{len(values)} {name} for {n} queries")
-        if n and req.labels is None:
-            raise HTTPException(422, "labels are required: the label holds the instruction")
-        prompts = req.prompts or [None] * n
-        labels = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in (req.labels or [])]
-        responses = [extract_response(q, p) for q, p in zip(req.query, prompts)]
+        req = await asyncio.to_thread(parse_body, await request.body(), OpenRLHFRequest)
+        labels, responses = await asyncio.to_thread(_openrlhf_items, req)
         results = await _score_nonblank(labels, responses, request)
-        return rewards_payload(results, failure_score, reward.config.method)
+        return await json_reply(rewards_payload(results, failure_score, reward.config.method))
 
     async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
         # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
         todo = [i for i, r in enumerate(resp) if r.strip()]
         out = [empty_result(reward.config.method) for _ in resp]
         got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo),
-                        request)
+                        request, todo)
         for i, res in zip(todo, got):
             out[i] = res
         return out
@@ -182,15 +246,21 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """200 "ok" only while the model is loaded and the server takes work; else 503 and
+        why ("model failed to load" with ``error``, or "draining")."""
+        failed = app.state.model_error is not None
+        status = "model failed to load" if failed else "draining" if batcher._closing else "ok"
         body = {
-            "status": "draining" if batcher._closing else "ok",
+            "status": status,
             "model": reward.backend.model_id,
             "fingerprint": reward.fingerprint(),
             "settings": reward.identity(),
             "version": __version__,
             "queue_depth": batcher.depth,
         }
-        return JSONResponse(body, status_code=503 if batcher._closing else 200)
+        if failed:
+            body["error"] = app.state.model_error
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:
@@ -208,8 +278,8 @@ def create_app(
     app.add_middleware(
         LimitsMiddleware,
         metrics=metrics,
-        api_key=api_key,
-        max_body_bytes=max_body_bytes,
+        api_key=opts.api_key,
+        max_body_bytes=opts.max_body_bytes,
         routes=frozenset(getattr(r, "path", "") for r in app.routes),
     )
     return app

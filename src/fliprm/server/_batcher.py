@@ -66,9 +66,11 @@ class _Job:
 
 
 class MicroBatcher:
-    """Groups queued jobs into batches for one :class:`FlipReward`.
+    """Groups queued jobs into batches for one :class:`FlipReward`. The limits come from
+    :class:`~fliprm.config.ServerOptions` (``create_app`` passes them; no defaults here).
 
-    >>> MicroBatcher(FlipReward("fake", backend_options={"replies": []})).depth  # doctest: +SKIP
+    >>> MicroBatcher(FlipReward("fake"), Metrics(), max_batch_items=32, max_wait_s=0.005,
+    ...              max_queue_items=1024, max_inflight_batches=1).depth
     0
     """
 
@@ -77,10 +79,10 @@ class MicroBatcher:
         reward: FlipReward,
         metrics: Metrics,
         *,
-        max_batch_items: int = 32,
-        max_wait_s: float = 0.005,
-        max_queue_items: int = 1024,
-        max_inflight_batches: int = 1,
+        max_batch_items: int,
+        max_wait_s: float,
+        max_queue_items: int,
+        max_inflight_batches: int,
     ) -> None:
         self.reward = reward
         self.metrics = metrics
@@ -183,8 +185,20 @@ class MicroBatcher:
         n = sum(j.n for j in jobs)
         self._inflight += n
         t0 = time.perf_counter()
+
+        async def finish(job: _Job) -> list[FlipResult] | None:
+            try:
+                out = await self._score_job(job)
+            except Exception as exc:  # noqa: BLE001 - a bug: this request's items fail, alone
+                out = _failed(job, exc)
+            # answer now, not when the batch's slowest request is done: a one-item request
+            # batched with a 14 MB one waited for all of it
+            if out is not None and not job.future.done():
+                job.future.set_result(out)
+            return out
+
         try:
-            got = await asyncio.gather(*(self._score_job(j) for j in jobs), return_exceptions=True)
+            got = await asyncio.gather(*(finish(j) for j in jobs), return_exceptions=True)
         finally:
             self._inflight -= n
         outs = [_failed(j, out) if isinstance(out, BaseException) else out

@@ -16,6 +16,14 @@ between requests); if every connection is running a request, the newcomer gets `
 closed. EMFILE below the cap (descriptors held by the backend or the cache) is handled the
 same way and never reaches asyncio.
 
+**Write deadline.** A reply is written into the transport's buffer whole; a client that never
+reads it leaves the buffer full, and uvicorn's close (idle timeout, end of response) waits for
+that buffer to drain, forever: measured, readers that never read their 3 MB replies held the
+connections and the buffered replies 45 s past the 15 s idle timeout. Here a connection whose
+writing is paused (the buffer over its high-water mark) and whose client takes no byte of it
+for ``write_timeout`` seconds is aborted, and its buffer dropped; a slow reader that keeps
+reading is not.
+
 **Drain.** At shutdown uvicorn closes idle kept-alive connections at once, so a request that a
 client sends on one a moment later meets a closed socket. Here idle connections stay open for
 ``drain_grace`` seconds and such a request gets ``503`` with ``Retry-After``, which RL clients
@@ -196,13 +204,19 @@ def gated_listener(sock: socket.socket, gate: ConnectionGate) -> socket.socket:
 
 
 def guarded_protocol(
-    header_timeout: float, drain_grace: float = 2.0, gate: ConnectionGate | None = None
+    header_timeout: float,
+    drain_grace: float = 2.0,
+    gate: ConnectionGate | None = None,
+    write_timeout: float | None = None,
 ) -> type[H11Protocol]:
-    """An H11Protocol subclass with a request deadline, a 503-on-drain window and (with
-    ``gate``) a place in the server's connection count, evictable while it waits."""
+    """An H11Protocol subclass with a request deadline, a write deadline (``None``: none), a
+    503-on-drain window and (with ``gate``) a place in the server's connection count,
+    evictable while it waits."""
 
     class GuardedH11Protocol(H11Protocol):
         _deadline: Any = None
+        _write_deadline: Any = None
+        _unsent = 0  # bytes buffered when the write deadline was armed
         _draining = False
         _evicted = False
         _since = 0.0
@@ -260,8 +274,37 @@ def guarded_protocol(
             if self._request_in():
                 self._disarm()  # the whole request is in: the app's own timeouts apply now
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if write_timeout is not None and self._write_deadline is None:
+                self._arm_write_deadline()
+
+        def _arm_write_deadline(self) -> None:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._write_deadline = self.loop.call_later(write_timeout, self._write_stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel_write_deadline()
+
+        def _cancel_write_deadline(self) -> None:
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+
+        def _write_stalled(self) -> None:
+            self._write_deadline = None
+            if self.transport.get_write_buffer_size() < self._unsent:
+                self._arm_write_deadline()  # the client reads, slowly: give it another period
+                return
+            if gate is not None:
+                gate.closed["write_timeout"] += 1
+            # abort, not close: close would wait for the client to read the buffer
+            self.transport.abort()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._cancel_write_deadline()
             if gate is not None:
                 gate.protocols.discard(self)
             super().connection_lost(exc)

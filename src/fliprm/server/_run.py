@@ -13,43 +13,40 @@ from typing import Any
 
 import uvicorn
 
+from ..config import ServerOptions
 from ._protocol import ConnectionGate, connection_cap, gated_listener, guarded_protocol
 
 __all__ = ["GuardedServer", "ServerThread", "serve_config"]
 
 
-def serve_config(
-    app: Any,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    log_level: str = "info",
-    graceful_timeout: float = 60.0,
-    header_timeout: float = 30.0,
-    idle_timeout: float = 15.0,
-    max_connections: int | None = 512,
-    drain_grace: float = 2.0,
-) -> uvicorn.Config:
+def serve_config(app: Any, options: ServerOptions | None = None, **changes: Any) -> uvicorn.Config:
     """The uvicorn config ``fliprm serve`` runs (with :class:`GuardedServer`): a deadline for
     every request to arrive whole (``header_timeout``), an idle timeout for kept-alive
-    connections, a connection cap (lowered to fit the open-file limit; see
-    :func:`~fliprm.server._protocol.connection_cap`), and 503 for requests that arrive on
-    kept-alive connections during the first ``drain_grace`` seconds of a shutdown.
+    connections, a write deadline (a reply the client leaves unread for ``write_timeout``
+    seconds, default ``idle_timeout``, drops the connection), a connection cap (lowered to fit
+    the open-file limit; see :func:`~fliprm.server._protocol.connection_cap`), and 503 for
+    requests that arrive on kept-alive connections during the first ``drain_grace`` seconds of
+    a shutdown.
 
-    The app's ``/metrics`` reports the connections (``app.state.connections``)."""
-    gate = ConnectionGate(connection_cap(max_connections))
+    ``options`` defaults to the app's own (``create_app`` keeps them in ``app.state.options``);
+    ``changes`` are :class:`~fliprm.config.ServerOptions` fields applied on top. The app's
+    ``/metrics`` reports the connections (``app.state.connections``)."""
     state = getattr(app, "state", None)
+    opts = options or getattr(state, "options", None) or ServerOptions()
+    if changes:
+        opts = opts.replace(**changes)
+    gate = ConnectionGate(connection_cap(opts.max_connections))
     if state is not None:
         state.connections = gate
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level,
-        http=guarded_protocol(header_timeout, drain_grace, gate),
+        app, host=opts.host, port=opts.port, log_level=opts.log_level,
+        http=guarded_protocol(opts.header_timeout, opts.drain_grace, gate, opts.write_deadline),
         # the gate caps connections at accept(); uvicorn's own limit only counts them once a
         # request has arrived, after the descriptors are gone
         limit_concurrency=None,
         loop="asyncio",  # the gate works on the asyncio listening socket (uvloop accepts itself)
-        timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  (any float works)
-        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+        timeout_keep_alive=opts.idle_timeout,  # type: ignore[arg-type]  (any float works)
+        timeout_graceful_shutdown=max(1, round(opts.graceful_timeout)),
     )
     config.fliprm_gate = gate  # type: ignore[attr-defined]
     return config
