@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None,
             typer.Option("-o", "--out", "--output",
-                         help="results JSONL (--ray: a folder of parquet shards)"),
+                         help="results: .jsonl, .csv or .parquet, sorted by input line "
+                         "(--ray: a folder of parquet shards)"),
         ] = None,
         instruction: Annotated[str | None, typer.Option("--instruction", "-i")] = None,
         response: Annotated[str | None, typer.Option("--response", "-r")] = None,
@@ -106,6 +107,9 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--force", help="start the output over (its results are lost)")
         ] = False,
         limit: Annotated[int | None, typer.Option("--limit", help="first N input lines only")] = None,
+        keep_columns: Annotated[str | None, typer.Option(
+            "--keep-columns", help="input columns copied into each output row: a comma list, "
+            "or 'all'")] = None,
         ray: Annotated[bool, typer.Option(
             "--ray", help="score on Ray (needs the ray extra): -o is a folder of parquet "
             "shards, resumable by shard")] = False,
@@ -171,8 +175,10 @@ def register(app: typer.Typer) -> None:
             assert out is not None
             if path is None:
                 path = spooled = _spool_stdin()
+            keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
+                    else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
             summary = _score_file(reward, path, out, fields, retry_errors, force, limit,
-                                  label="-" if spooled else None)
+                                  label="-" if spooled else None, keep=keep or None)
         except FlipError as exc:
             fail(str(exc))
         finally:
@@ -184,7 +190,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors: bool,
-                force: bool, limit: int | None, label: str | None) -> Summary:
+                force: bool, limit: int | None, label: str | None,
+                keep: list[str] | str | None = None) -> Summary:
     total = _count_lines(path)
     if total is not None and limit is not None:
         total = min(total, limit)
@@ -202,7 +209,8 @@ def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors
 
         summary = asyncio.run(score_file(reward, path, out, fields=fields,
                                          retry_errors=retry_errors, force=force,
-                                         on_item=on_item, limit=limit, input_label=label))
+                                         on_item=on_item, limit=limit, input_label=label,
+                                         keep_columns=keep))
         progress.update(task, completed=summary.total)
     return summary
 
