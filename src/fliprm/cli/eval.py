@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
 from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._progress import MetricsOpt, RunProgress
 
 eval_app = typer.Typer(help="Evaluate FLIP against judge baselines.", no_args_is_help=True)
 
@@ -30,12 +31,13 @@ def rewardbench2(
     limit: Annotated[int | None, typer.Option("--limit", help="first N items of each subset")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rewardbench2"),
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
+    metrics_jsonl: MetricsOpt = None,
 ) -> None:
     """Judge each item's chosen + rejected answers with every method; write per-item JSONL
     (resumable: a rerun skips finished (method, run, item)), report.md, results.json, plots."""
     from ..eval.rb2_data import DEFAULT_SUBSETS, HUB_DATASET, load_items
     from ..eval.rb2_report import write_report
-    from ..eval.rewardbench2 import arun_rewardbench2, stderr_progress
+    from ..eval.rewardbench2 import arun_rewardbench2
     from ..records import input_identity, read_records
 
     be = None
@@ -55,17 +57,22 @@ def rewardbench2(
         conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
         ident = input_identity(data) if data else {"path": HUB_DATASET, "sha256": None}
 
-        async def main() -> None:
+        async def main(bar: RunProgress) -> None:
+            def on_record(rec: dict[str, Any]) -> None:
+                bar.describe(f"{rec['method']} run {rec['run']}")
+                bar.item(rec["credit"], error=bool(rec["errors"]))
+
             try:
                 await arun_rewardbench2(items, make, names, runs=runs, seed=run_seed,
                                         out=records_path, concurrency=conc,
-                                        progress=stderr_progress, input_identity=ident,
-                                        force=force)
+                                        input_identity=ident, force=force,
+                                        on_todo=bar.add_total, on_record=on_record)
             finally:
                 if be is not None:
                     await be.aclose()
 
-        asyncio.run(main())
+        with RunProgress("eval", metric="accuracy", metrics_jsonl=metrics_jsonl) as bar:
+            asyncio.run(main(bar))
         # Report on the current selection only (the file may hold other methods or items).
         ids = {it.id for it in items}
         recs = [r for _, r in read_records(records_path) if isinstance(r, dict)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
 from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._progress import MetricsOpt, RunProgress
 
 
 @reward_options(preset="default", exclude=EXCLUDE)
@@ -27,6 +28,7 @@ def rerank(
     limit: Annotated[int | None, typer.Option("--limit", help="first N rows")] = None,
     run_seed: Annotated[int, typer.Option("--run-seed", help="tie-break and shuffle seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
+    metrics_jsonl: MetricsOpt = None,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
@@ -36,7 +38,6 @@ def rerank(
     Ties at the top are broken by a seeded uniform choice among the tied candidates."""
     from ..eval.best_of_n import arerank, load_rows
     from ..eval.bon_report import write_bon_report
-    from ..eval.rewardbench2 import stderr_progress
     from ..records import input_identity, read_records
 
     try:
@@ -47,17 +48,23 @@ def rerank(
         conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
         ident = input_identity(input)
 
-        async def main() -> None:
+        async def main(bar: RunProgress) -> None:
+            def on_record(rec: dict[str, Any]) -> None:
+                bar.item(rec.get("picked_label"), error=bool(rec["errors"]))
+
             try:
                 for name in names:
+                    bar.describe(f"rerank {name}")
                     await arerank(rows, make(name, run_seed), out=out / f"{name}.jsonl",
-                                  concurrency=conc, progress=stderr_progress,
-                                  input_identity=ident, force=force)
+                                  concurrency=conc, input_identity=ident, force=force,
+                                  on_todo=bar.add_total, on_record=on_record)
             finally:
                 if be is not None:
                     await be.aclose()
 
-        asyncio.run(main())
+        metric = "mean label" if label_field else "picked"
+        with RunProgress("rerank", metric=metric, metrics_jsonl=metrics_jsonl) as bar:
+            asyncio.run(main(bar))
         ids = {r["id"] for r in rows}
         records = [r for name in names for _, r in read_records(out / f"{name}.jsonl")
                    if isinstance(r, dict) and r.get("id") in ids]

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..batch import Fields, Summary, score_file
 from ..errors import FlipError
 from ._config_options import CliSettings, err, fail, reward_options
+from ._progress import MetricsOpt, RunProgress
 
 if TYPE_CHECKING:
     from ..scale import RaySummary
@@ -110,6 +110,7 @@ def register(app: typer.Typer) -> None:
         keep_columns: Annotated[str | None, typer.Option(
             "--keep-columns", help="input columns copied into each output row: a comma list, "
             "or 'all'")] = None,
+        metrics_jsonl: MetricsOpt = None,
         ray: Annotated[bool, typer.Option(
             "--ray", help="score on Ray (needs the ray extra): -o is a folder of parquet "
             "shards, resumable by shard")] = False,
@@ -178,7 +179,8 @@ def register(app: typer.Typer) -> None:
             keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
                     else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
             summary = _score_file(reward, path, out, fields, retry_errors, force, limit,
-                                  label="-" if spooled else None, keep=keep or None)
+                                  label="-" if spooled else None, keep=keep or None,
+                                  metrics_jsonl=metrics_jsonl)
         except FlipError as exc:
             fail(str(exc))
         finally:
@@ -191,28 +193,22 @@ def register(app: typer.Typer) -> None:
 
 def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors: bool,
                 force: bool, limit: int | None, label: str | None,
-                keep: list[str] | str | None = None) -> Summary:
+                keep: list[str] | str | None = None,
+                metrics_jsonl: Path | None = None) -> Summary:
     total = _count_lines(path)
     if total is not None and limit is not None:
         total = min(total, limit)
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=err, transient=False) as progress:
-        task = progress.add_task("score", total=total, status="")
-        done = [0, 0.0]
+    with RunProgress("scoring", total=total, metric="mean reward", console=err,
+                     metrics_jsonl=metrics_jsonl) as bar:
 
         def on_item(rec: dict[str, Any]) -> None:
-            if not rec.get("error"):
-                done[0] += 1
-                done[1] += float(rec.get("reward") or 0.0)
-            progress.update(task, advance=1, status=f"mean {done[1] / max(done[0], 1):.3f}")
+            err_ = bool(rec.get("error"))
+            bar.item(None if err_ else float(rec.get("reward") or 0.0), error=err_)
 
-        summary = asyncio.run(score_file(reward, path, out, fields=fields,
-                                         retry_errors=retry_errors, force=force,
-                                         on_item=on_item, limit=limit, input_label=label,
-                                         keep_columns=keep))
-        progress.update(task, completed=summary.total)
-    return summary
+        return asyncio.run(score_file(reward, path, out, fields=fields,
+                                      retry_errors=retry_errors, force=force,
+                                      on_item=on_item, limit=limit, input_label=label,
+                                      keep_columns=keep))
 
 
 def _score_ray(input: Path, output: Path, settings: CliSettings, *, ray_address: str | None,

@@ -83,11 +83,14 @@ async def arerank(
     progress: Callable[[str], None] | None = None,
     input_identity: dict[str, Any] | None = None,
     force: bool = False,
+    on_todo: Callable[[int], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Judge each row's candidates; append ``{id, pick, scores, top, ...}`` records to ``out``
     (rows already there are skipped). The judge's settings and ``input_identity`` are recorded
     beside ``out``; a rerun with others is refused (``force`` starts it over). Returns the new
-    records.
+    records. ``on_todo(n)``: the rows this pass will judge, told before the first starts;
+    ``on_record(record)``: each finished record (for a progress display).
 
     >>> from fliprm.judges import LongestJudge
     >>> asyncio.run(arerank([{"id": "1", "prompt": "Hi", "candidates": ["a", "abc"]}], LongestJudge()))[0]["pick"]
@@ -100,6 +103,8 @@ async def arerank(
               if out is not None else None)
     done = writer.done if writer else set()
     todo = [r for r in rows if r["id"] not in done]
+    if on_todo:
+        on_todo(len(todo))
     sem = asyncio.Semaphore(max(1, concurrency))
     new: list[dict[str, Any]] = []
 
@@ -115,6 +120,8 @@ async def arerank(
         if writer:
             writer.write(rec)
         new.append(rec)
+        if on_record:
+            on_record(rec)
         if progress:
             progress(f"[{judge.name}] {len(new)}/{len(todo)} {row['id']} pick={j.pick} "
                      f"{j.seconds:.1f}s")
