@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,12 +37,14 @@ def rewardbench2(
 ) -> None:
     """Judge each item's chosen + rejected answers with every method; write per-item JSONL
     (resumable: a rerun skips finished (method, run, item)), report.md, results.json, plots."""
+    from ..eval.provenance import dataset_name, run_info
     from ..eval.rb2_data import DEFAULT_SUBSETS, HUB_DATASET, load_items
     from ..eval.rb2_report import write_report
     from ..eval.rewardbench2 import arun_rewardbench2
     from ..records import input_identity, read_records
 
     be = None
+    started, t0 = datetime.now(UTC), time.monotonic()
     try:
         names = parse_methods(methods)
         wanted: list[str] | None = list(DEFAULT_SUBSETS)
@@ -80,9 +84,14 @@ def rewardbench2(
         meta = {"data": str(data) if data else f"{HUB_DATASET} (hub)",
                 "methods": ",".join(names), "runs": runs, "run_seed": run_seed, "limit": limit,
                 "settings": {m: make(m, run_seed).identity() for m in names}}
-        summary = write_report(recs, out, meta=meta)
+        run = run_info(backend=settings.config.backend_kind if be is not None else None,
+                       seconds=time.monotonic() - t0, started=started)
+        summary = write_report(recs, out, meta=meta, run=run,
+                               dataset=dataset_name(data, "RewardBench 2"))
     except FlipError as exc:
         fail(str(exc))
+    if summary.get("dry_run"):
+        typer.echo(f"{summary['notice']}.")
     for name, m in summary["methods"].items():
         typer.echo(f"{name:16s} accuracy {m['accuracy'] * 100:5.1f}%  tie rate "
                    f"{m['tie_rate'] * 100:5.1f}%  {m['seconds_per_item']:.1f} s/item")

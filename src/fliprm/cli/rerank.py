@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,8 +40,10 @@ def rerank(
     Ties at the top are broken by a seeded uniform choice among the tied candidates."""
     from ..eval.best_of_n import arerank, load_rows
     from ..eval.bon_report import write_bon_report
+    from ..eval.provenance import dataset_name, run_info
     from ..records import input_identity, read_records
 
+    started, t0 = datetime.now(UTC), time.monotonic()
     try:
         names = parse_methods(methods)
         rows = load_rows(input, prompt_field=prompt_field, candidates_field=candidates_field,
@@ -73,9 +77,14 @@ def rerank(
             meta = {"input": str(input), "methods": ",".join(names), "limit": limit,
                     "run_seed": run_seed,
                     "settings": {m: make(m, run_seed).identity() for m in names}}
-            summary = write_bon_report(records, out, meta=meta)
+            run = run_info(backend=settings.config.backend_kind if be is not None else None,
+                           seconds=time.monotonic() - t0, started=started)
+            summary = write_bon_report(records, out, meta=meta, run=run,
+                                       dataset=dataset_name(input))
     except FlipError as exc:
         fail(str(exc))
+    if summary.get("dry_run"):
+        typer.echo(f"{summary['notice']}.")
     for name, m in summary.get("methods", {}).items():
         typer.echo(f"{name:16s} mean label {m['mean_label']:.3f}  tie rate "
                    f"{m['tie_rate'] * 100:.1f}%  {m['seconds_per_item']:.1f} s/row")
