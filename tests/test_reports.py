@@ -197,3 +197,35 @@ def test_bon_curve_oracle_drawn_above_an_equal_method_with_n_and_name(tmp_path, 
     assert list(oracle.get_ydata()) == list(longest.get_ydata())  # the same curve...
     assert oracle.get_zorder() > longest.get_zorder()  # ...and the oracle stays visible
     assert oracle.get_markerfacecolor() == "none"  # hollow: the method shows through
+
+
+# ---- leaderboard ----------------------------------------------------------------------------------
+
+
+def test_eval_report_merges_folders_into_one_sorted_leaderboard(tmp_path):
+    a, b, bon = tmp_path / "a", tmp_path / "b", tmp_path / "bon"
+    write_report([_rec("pointwise", "1", "A", 0.0), _rec("pointwise", "2", "A", 1.0)], a,
+                 run=run_info(backend="openai", seconds=1, command=["x"]), dataset="set1")
+    write_report([_rec("flip", "1", "A", 1.0, 0), _rec("flip", "1", "A", 1.0, 1),
+                  _rec("longest", "1", "A", 0.0)], b,
+                 run=run_info(backend="fake", seconds=1, command=["x"]), dataset="set2")
+    write_bon_report([{"id": "1", "method": "longest", "pick": 0, "scores": [2.0, 1.0],
+                       "top": [0], "tie": False, "parse_failures": 0, "calls": 0, "tokens": 0,
+                       "seconds": 0.0, "errors": [], "labels": [2.0, 1.0], "picked_label": 2.0}],
+                     bon)
+    md = tmp_path / "lb.md"
+    res = CliRunner().invoke(_app(), ["eval", "report", str(a), str(b), str(bon), "-o", str(md)])
+    assert res.exit_code == 0, res.output
+    text = md.read_text()
+    assert text.startswith("Rows marked DRY RUN come from the fake backend")
+    acc = _table_rows(text, "## Accuracy (%, RewardBench 2 scoring)")
+    assert [(r[0], r[1], r[2]) for r in acc] == [
+        ("1", "flip (DRY RUN)", "set2"), ("2", "pointwise", "set1"),
+        ("3", "longest (DRY RUN)", "set2")]
+    assert acc[0][3].startswith("**100.0**") and acc[1][3].startswith("50.0 [")
+    assert acc[0][4] == "100.0 ± 0.0 (100.0-100.0)" and acc[1][4] == "-"
+    assert (acc[1][6], acc[1][7]) == ("openai", str(a))
+    (bon_row,) = _table_rows(text, "## Best-of-N (mean label of the pick)")
+    assert bon_row[1] == "longest" and bon_row[4] == "1.500 / 2.000"
+    res = CliRunner().invoke(_app(), ["eval", "report", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no results.json" in " ".join(res.output.split())

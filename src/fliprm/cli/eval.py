@@ -98,5 +98,29 @@ def rewardbench2(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+@eval_app.command("report")
+def report(
+    dirs: Annotated[list[Path], typer.Argument(
+        help="output folders of 'fliprm eval rewardbench2' or 'fliprm rerank' (or their "
+        "results.json / bon_results.json)")],
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="also write the Markdown to this file")] = None,
+) -> None:
+    """Merge several runs into one leaderboard (Markdown on stdout): a table per kind, best
+    first, with 95% CIs and the spread across runs, ready to paste into a paper or README."""
+    from ..eval.leaderboard import collect, leaderboard_markdown
+
+    try:
+        text = leaderboard_markdown(collect(dirs))
+    except FlipError as exc:
+        fail(str(exc))
+    typer.echo(text)
+    if out is not None:
+        try:
+            out.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
