@@ -12,7 +12,7 @@ import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._eval_common import EXCLUDE, HfConfigOpt, MethodsOpt, SplitOpt, judges_for, parse_methods
 from ._progress import MetricsOpt, RunProgress
 
 eval_app = typer.Typer(help="Evaluate FLIP against judge baselines.", no_args_is_help=True)
@@ -22,8 +22,11 @@ eval_app = typer.Typer(help="Evaluate FLIP against judge baselines.", no_args_is
 @reward_options(preset="default", exclude=EXCLUDE)
 def rewardbench2(
     settings: CliSettings,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="local RB2 copy (parquet or JSONL); default: allenai/reward-bench-2 from the hub")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="RB2-schema data: parquet, JSONL, a datasets save_to_disk folder or a "
+        "Hugging Face dataset name; default: allenai/reward-bench-2 from the hub")] = None,
+    split: SplitOpt = None,
+    hf_config: HfConfigOpt = None,
     subsets: Annotated[str | None, typer.Option(
         "--subsets", help="comma list (default: Focus,Factuality,Precise IF,Math; 'all' = every subset)")] = None,
     ties: Annotated[bool, typer.Option("--ties", help="add the Ties subset (weighted formula)")] = False,
@@ -54,12 +57,20 @@ def rewardbench2(
             wanted = [s.strip() for s in subsets.split(",") if s.strip()]
         if ties and wanted is not None and "Ties" not in wanted:
             wanted.append("Ties")
+        label = copy = None
+        if data is not None:
+            from ..hf_input import resolve_input
+
+            resolved = resolve_input(data, split=split, config=hf_config)
+            data, label, copy = str(resolved.path), resolved.label, not resolved.is_file
         items = load_items(data, subsets=wanted, limit=limit)
         typer.echo(f"{len(items)} items; methods: {', '.join(names)}; runs: {runs}", err=True)
         records_path = out / "records.jsonl"
         be, make = judges_for(settings, names)
         conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
         ident = input_identity(data) if data else {"path": HUB_DATASET, "sha256": None}
+        if copy:  # a dataset's parquet copy: name the dataset, not the copy
+            ident["path"] = label
 
         async def main(bar: RunProgress) -> None:
             def on_record(rec: dict[str, Any]) -> None:
@@ -81,7 +92,7 @@ def rewardbench2(
         ids = {it.id for it in items}
         recs = [r for _, r in read_records(records_path) if isinstance(r, dict)
                 and r.get("method") in names and r.get("item_id") in ids and r.get("run", 0) < runs]
-        meta = {"data": str(data) if data else f"{HUB_DATASET} (hub)",
+        meta = {"data": label if data else f"{HUB_DATASET} (hub)",
                 "methods": ",".join(names), "runs": runs, "run_seed": run_seed, "limit": limit,
                 "settings": {m: make(m, run_seed).identity() for m in names}}
         run = run_info(backend=settings.config.backend_kind if be is not None else None,

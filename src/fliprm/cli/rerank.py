@@ -12,14 +12,16 @@ import typer
 
 from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import EXCLUDE, MethodsOpt, judges_for, parse_methods
+from ._eval_common import EXCLUDE, HfConfigOpt, MethodsOpt, SplitOpt, judges_for, parse_methods
 from ._progress import MetricsOpt, RunProgress
 
 
 @reward_options(preset="default", exclude=EXCLUDE)
 def rerank(
     settings: CliSettings,
-    input: Annotated[Path, typer.Argument(help="JSONL or parquet, one prompt + candidates per row")],
+    input: Annotated[str, typer.Argument(
+        help="JSONL, CSV or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
+        "name: one prompt + candidates per row")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rerank"),
     methods: MethodsOpt = "flip",
     prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
@@ -31,6 +33,8 @@ def rerank(
     run_seed: Annotated[int, typer.Option("--run-seed", help="tie-break and shuffle seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
     metrics_jsonl: MetricsOpt = None,
+    split: SplitOpt = None,
+    hf_config: HfConfigOpt = None,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
@@ -46,11 +50,16 @@ def rerank(
     started, t0 = datetime.now(UTC), time.monotonic()
     try:
         names = parse_methods(methods)
-        rows = load_rows(input, prompt_field=prompt_field, candidates_field=candidates_field,
+        from ..hf_input import resolve_input
+
+        resolved = resolve_input(input, split=split, config=hf_config)
+        rows = load_rows(resolved.path, prompt_field=prompt_field, candidates_field=candidates_field,
                          id_field=id_field, label_field=label_field, limit=limit)
         be, make = judges_for(settings, names)
         conc = settings.runtime.concurrency or (be.max_concurrency if be else 1)
-        ident = input_identity(input)
+        ident = input_identity(resolved.path)
+        if not resolved.is_file:  # a dataset's parquet copy: name the dataset, not the copy
+            ident["path"] = resolved.label
 
         async def main(bar: RunProgress) -> None:
             def on_record(rec: dict[str, Any]) -> None:
@@ -74,13 +83,13 @@ def rerank(
                    if isinstance(r, dict) and r.get("id") in ids]
         summary = {}
         if label_field:
-            meta = {"input": str(input), "methods": ",".join(names), "limit": limit,
+            meta = {"input": resolved.label, "methods": ",".join(names), "limit": limit,
                     "run_seed": run_seed,
                     "settings": {m: make(m, run_seed).identity() for m in names}}
             run = run_info(backend=settings.config.backend_kind if be is not None else None,
                            seconds=time.monotonic() - t0, started=started)
             summary = write_bon_report(records, out, meta=meta, run=run,
-                                       dataset=dataset_name(input))
+                                       dataset=dataset_name(resolved.path))
     except FlipError as exc:
         fail(str(exc))
     if summary.get("dry_run"):

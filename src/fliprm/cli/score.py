@@ -17,6 +17,7 @@ from rich.table import Table
 from ..batch import Fields, Summary, score_file
 from ..errors import FlipError
 from ._config_options import CliSettings, err, fail, reward_options
+from ._eval_common import HfConfigOpt, SplitOpt
 from ._progress import MetricsOpt, RunProgress
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ def register(app: typer.Typer) -> None:
         settings: CliSettings,
         input: Annotated[
             str | None,
-            typer.Argument(help="JSONL, CSV or parquet file, or - for JSONL on stdin "
-                           "(--ray: JSONL or parquet)"),
+            typer.Argument(help="JSONL, CSV or parquet file, a datasets save_to_disk folder, "
+                           "a Hugging Face dataset name, or - for JSONL on stdin"),
         ] = None,
         out: Annotated[
             Path | None,
@@ -111,6 +112,8 @@ def register(app: typer.Typer) -> None:
             "--keep-columns", help="input columns copied into each output row: a comma list, "
             "or 'all'")] = None,
         metrics_jsonl: MetricsOpt = None,
+        split: SplitOpt = None,
+        hf_config: HfConfigOpt = None,
         ray: Annotated[bool, typer.Option(
             "--ray", help="score on Ray (needs the ray extra): -o is a folder of parquet "
             "shards, resumable by shard")] = False,
@@ -152,9 +155,15 @@ def register(app: typer.Typer) -> None:
         elif single:
             fail("--ray scores a file: give INPUT and -o DIR")
         fields = Fields(id_field, instruction_field, response_field, context_field, messages_field)
-        path = None if input in (None, "-") else Path(input)  # type: ignore[arg-type]
-        if path is not None and not path.is_file():
-            fail(f"input file not found: {path}")
+        path, label = None, None
+        if input not in (None, "-"):
+            from ..hf_input import resolve_input
+
+            try:
+                resolved = resolve_input(input, split=split, config=hf_config)  # type: ignore[arg-type]
+            except FlipError as exc:
+                fail(str(exc))
+            path, label = resolved.path, None if resolved.is_file else resolved.label
         if ray:
             if path is None:
                 fail("--ray reads a file every node can see, not stdin")
@@ -179,7 +188,7 @@ def register(app: typer.Typer) -> None:
             keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
                     else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
             summary = _score_file(reward, path, out, fields, retry_errors, force, limit,
-                                  label="-" if spooled else None, keep=keep or None,
+                                  label="-" if spooled else label, keep=keep or None,
                                   metrics_jsonl=metrics_jsonl)
         except FlipError as exc:
             fail(str(exc))
