@@ -20,7 +20,7 @@ from ._progress import MetricsOpt, RunProgress
 def rerank(
     settings: CliSettings,
     input: Annotated[str, typer.Argument(
-        help="JSONL, CSV or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
+        help="JSONL or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
         "name: one prompt + candidates per row")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rerank"),
     methods: MethodsOpt = "flip",
