@@ -25,7 +25,7 @@ fi
 if [[ $DEV == 1 ]]; then
   # torch==2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
   "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,trl,ray]'
+  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,hf,trl,ray]'
 else
   "${PIP[@]}" -e '.[embedded]'
 fi

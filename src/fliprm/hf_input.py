@@ -46,7 +46,7 @@ def _datasets() -> Any:
         import datasets
     except ImportError:
         raise ConfigError("a dataset folder or hub name needs the 'datasets' package: "
-                          "pip install datasets") from None
+                          "pip install 'fliprm[hf]'") from None
     return datasets
 
 
