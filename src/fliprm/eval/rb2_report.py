@@ -182,8 +182,8 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_ylabel("accuracy (95% CI)")
         ax.set_xlabel("above each bar: accuracy % and n items", fontsize=8)
         ax.set_title(title + (f"\n{DRY_RUN}" if summary.get("dry_run") else ""), fontsize=10)
-        ax.legend(fontsize=7, ncol=min(len(methods) + 1, 4), loc="upper center",
-                  bbox_to_anchor=(0.5, -0.1), frameon=False)
+        # outside on the right: never over a bar or its label, whatever the number of methods
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(out_dir / fname, dpi=110)
         plt.close(fig)
