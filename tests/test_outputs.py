@@ -137,3 +137,20 @@ def test_cli_keep_columns_and_parquet(tmp_path):
     res = CliRunner().invoke(_app(), ["score", str(inp), "-o", str(tmp_path / "t.jsonl"), "-b",
                                       "fake", "--no-cache", "--keep-columns", "nope"])
     assert res.exit_code == 2 and "--keep-columns" in res.output and "'nope'" in res.output
+
+
+def test_parquet_input_missing_column_is_found_from_the_schema(tmp_path):
+    inp, out = tmp_path / "in.parquet", tmp_path / "s.jsonl"
+    pq.write_table(pa.table({"prompt": ["say hi"], "response": ["say hi"]}), inp)
+    with pytest.raises(ConfigError, match=r"no 'instruction' column \(columns: prompt, response\)"):
+        asyncio.run(score_file(echo_reward(), inp, out))
+    pq.write_table(pa.table({"instruction": ["say hi"], "response": ["say hi"]}), inp)
+    s = asyncio.run(score_file(echo_reward(), inp, out))
+    assert s.scored == 1 and s.errors == 0
+
+
+def test_csv_missing_response_column_is_one_usage_error(tmp_path):
+    inp, out = tmp_path / "in.csv", tmp_path / "s.jsonl"
+    inp.write_text("instruction,answer\nsay hi,hi\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"no 'response' column.*--response-field"):
+        asyncio.run(score_file(echo_reward(), inp, out))

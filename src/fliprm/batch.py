@@ -111,6 +111,21 @@ def _record(item_id: Any, line: int, res: FlipResult,
 _RESERVED = ("line", "id", *FlipResult.__dataclass_fields__)
 
 
+def _column_sets(path: Path, limit: int | None) -> Iterator[Any]:
+    """The columns of a parquet or CSV file (one header; the rows are not read: a big parquet
+    file would be loaded twice), or each JSONL row."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("reading parquet needs pyarrow: pip install 'fliprm[files]'") from None
+        yield dict.fromkeys(pq.read_schema(path).names)
+        return
+    for _, rec in _limited(read_records(path), limit if suffix != ".csv" else 1):
+        yield rec
+
+
 def check_columns(path: Path, fields: Fields, keep: Sequence[str] | str | None = None,
                   limit: int | None = None) -> None:
     """Refuse, before any scoring, an input in which no row has a required column (or a column
@@ -126,7 +141,7 @@ def check_columns(path: Path, fields: Fields, keep: Sequence[str] | str | None =
     missing = {**need, **{f"kept {k}": {k} for k in wanted}}
     seen: set[str] = set()
     any_row = False
-    for _, rec in _limited(read_records(path), limit):
+    for rec in _column_sets(path, limit):
         if isinstance(rec, InputError):
             continue
         any_row = True
