@@ -229,3 +229,11 @@ def test_eval_report_merges_folders_into_one_sorted_leaderboard(tmp_path):
     assert bon_row[1] == "longest" and bon_row[4] == "1.500 / 2.000"
     res = CliRunner().invoke(_app(), ["eval", "report", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no results.json" in " ".join(res.output.split())
+
+
+def test_chance_line_follows_the_number_of_candidates(tmp_path):
+    recs = [_rec("longest", "1", "A", 1.0) | {"n_candidates": 2},
+            _rec("longest", "2", "A", 0.0) | {"n_candidates": 2}]
+    assert write_report(recs, tmp_path / "pairs")["chance"] == 0.5
+    recs = [r | {"n_candidates": 4} for r in recs]
+    assert write_report(recs, tmp_path / "rb2")["chance"] == 0.25

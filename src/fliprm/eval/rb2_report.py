@@ -74,6 +74,10 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
     for r in records:
         by_method[r["method"]].append(r)
     out: dict[str, Any] = {"methods": {}, "subsets": sorted({r["subset"] for r in records})}
+    # a random pick's expected credit: 25% on RB2's 4-way items, 50% on pairs
+    odds = {r["item_id"]: r["num_correct"] / r["n_candidates"] for r in records
+            if r.get("n_candidates") and r.get("credit") is not None}
+    out["chance"] = mean(list(odds.values())) if odds else None
     for method, recs in by_method.items():
         scored = [r for r in recs if r["credit"] is not None]
         subsets: dict[str, Any] = {}
@@ -175,7 +179,10 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
                   for y, ci in zip(ys, cis, strict=True)]
             ns = [cells[lab]["n"] if lab in cells else None for lab in labels]
             _bars(ax, xs, ys, width, method, [lo, hi], ns)
-        ax.axhline(0.25, color="grey", linestyle="--", linewidth=1, label="chance (4-way)")
+        chance = summary.get("chance")
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1,
+                       label=f"random pick ({chance * 100:.0f}%)")
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels)
         ax.set_ylim(0, 1.18)  # room for the value and n above a bar at 1.0
         ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
