@@ -337,3 +337,19 @@ def test_rerank_report_and_metrics_count_the_failed_rows(tmp_path, backend):
     assert "**Failed judge calls:** pointwise 3 records" in report
     final = json.loads(metrics.read_text().splitlines()[-1])
     assert final["done"] == 6 and final["errors"] == 3
+
+
+def test_leaderboard_counts_the_failed_records(tmp_path, backend):
+    rb2, bon = tmp_path / "rb2", tmp_path / "bon"
+    _run(["eval", "rewardbench2", "--data", str(RB2), "--methods", "pointwise,longest",
+          "--out", str(rb2), "--max-retries", "0", "--no-cache"])
+    _run(["rerank", str(BON), "--label-field", "preference", "--methods", "pointwise,longest",
+          "--out", str(bon), "--max-retries", "0", "--no-cache"])
+    res = _run(["eval", "report", str(rb2), str(bon)])
+    assert res.exit_code == 0, res.output
+    head, rows = _md_rows(res.output, "| # | method | data | accuracy")
+    assert head[-1] == "failed"
+    assert {r[1]: r[-1] for r in rows} == {"longest": "0", "pointwise": "3"}
+    head, rows = _md_rows(res.output, "| # | method | data | mean label")
+    assert head[-1] == "failed"
+    assert {r[1]: r[-1] for r in rows} == {"longest": "0", "pointwise": "3"}

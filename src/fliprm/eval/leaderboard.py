@@ -32,7 +32,9 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def collect(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """One row per (folder, method): kind (``eval`` or ``bon``), value, CI, n, spread, source.
+    """One row per (folder, method): kind (``eval`` or ``bon``), value, CI, n, spread, source,
+    and ``failed``: the records whose judge calls failed (left out of the value; None in
+    results written before fliprm counted them).
 
     A folder (or a results file named directly) without eval or rerank results is a
     :class:`~fliprm.errors.ConfigError`.
@@ -57,12 +59,14 @@ def collect(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                     sp = m.get("runs_spread") or {}
                     rows.append({**base, "method": method, "value": _num(m.get("accuracy")),
                                  "ci": [_num(x) for x in m.get("ci") or [None, None]],
-                                 "n": m.get("n_items"), "runs": m.get("runs", 1), "spread": sp})
+                                 "n": m.get("n_items"), "runs": m.get("runs", 1), "spread": sp,
+                                 "failed": m.get("n_failed")})
                 else:
                     curve = s.get("curve") or {}
                     rows.append({**base, "method": method, "value": _num(m.get("mean_label")),
                                  "ci": [_num(x) for x in m.get("ci") or [None, None]],
                                  "n": m.get("n"), "runs": 1, "spread": {},
+                                 "failed": m.get("n_failed"),
                                  "random": _num((curve.get("random") or [None])[-1]),
                                  "oracle": _num((curve.get("oracle") or [None])[-1])})
     return rows
@@ -78,15 +82,20 @@ def _spread(sp: dict[str, Any]) -> str:
     return f"{fmt(sp['mean'])} ± {fmt(sp['std'])} ({fmt(sp['min'])}-{fmt(sp['max'])})"
 
 
+def _failed(r: dict[str, Any]) -> str:
+    return "-" if r.get("failed") is None else str(r["failed"])
+
+
 def leaderboard_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The Markdown leaderboard of :func:`collect`'s rows: eval accuracy and best-of-N mean
-    label in separate tables (different units), each best first.
+    label in separate tables (different units), each best first. The last column counts the
+    records whose judge calls failed (left out of the value; ``-``: not recorded).
 
     >>> rows = [{"kind": "eval", "source": "runs/a", "dataset": "rb2", "backend": "openai",
     ...          "date": "", "dry_run": False, "method": "flip", "value": 0.5, "ci": [0.4, 0.6],
-    ...          "n": 10, "runs": 1, "spread": {}}]
+    ...          "n": 10, "runs": 1, "spread": {}, "failed": 2}]
     >>> print(leaderboard_markdown(rows).splitlines()[4])
-    | 1 | flip | rb2 | **50.0** [40.0-60.0] | - | 10 | openai | runs/a |
+    | 1 | flip | rb2 | **50.0** [40.0-60.0] | - | 10 | openai | runs/a | 2 |
     """
     out: list[str] = []
     if any(r["dry_run"] for r in rows):
@@ -100,11 +109,11 @@ def leaderboard_markdown(rows: Sequence[dict[str, Any]]) -> str:
             v = f"**{v}**" if r["value"] == best else v
             table.append([i, r["method"] + (" (DRY RUN)" if r["dry_run"] else ""), r["dataset"],
                           f"{v} [{fmt(r['ci'][0])}-{fmt(r['ci'][1])}]", _spread(r["spread"]),
-                          r["n"], r["backend"], r["source"]])
+                          r["n"], r["backend"], r["source"], _failed(r)])
         out += ["## Accuracy (%, RewardBench 2 scoring)", "",
                 md_table(["#", "method", "data", "accuracy [95% CI]",
-                          "across runs: mean ± std (min-max)", "items", "backend", "folder"],
-                         table), ""]
+                          "across runs: mean ± std (min-max)", "items", "backend", "folder",
+                          "failed"], table), ""]
     bons = sorted((r for r in rows if r["kind"] == "bon"), key=_rank_key)
     if bons:
         best = max((r["value"] for r in bons if not math.isnan(r["value"])), default=math.nan)
@@ -115,8 +124,8 @@ def leaderboard_markdown(rows: Sequence[dict[str, Any]]) -> str:
             table.append([i, r["method"] + (" (DRY RUN)" if r["dry_run"] else ""), r["dataset"],
                           f"{v} [{r['ci'][0]:.3f}-{r['ci'][1]:.3f}]",
                           f"{r['random']:.3f} / {r['oracle']:.3f}", r["n"], r["backend"],
-                          r["source"]])
+                          r["source"], _failed(r)])
         out += ["## Best-of-N (mean label of the pick)", "",
                 md_table(["#", "method", "data", "mean label [95% CI]", "random / oracle",
-                          "rows", "backend", "folder"], table), ""]
+                          "rows", "backend", "folder", "failed"], table), ""]
     return "\n".join(out)
