@@ -169,9 +169,19 @@ def _write_verified(rows: list[dict[str, Any]], records: list[dict[str, Any]],
     from ..eval.bon_report import write_verified_report
 
     verdicts, excluded = checked
+    excluded = dict(excluded)
+    # a row a method has no verdict on (failed judge calls) is left out for every method: the
+    # paired comparisons need the same rows, and a pick guessed from no scores is no pick
+    failed: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.get("error") and rec["id"] in verdicts:
+            failed.setdefault(rec["id"], []).append(rec["method"])
+    for rid, methods in failed.items():
+        excluded[rid] = (f"judge calls failed ({', '.join(methods)}); --retry-errors "
+                         "redoes them")
     pools = {r["id"]: {"id": r["id"], "verdicts": verdicts[r["id"]], "scores": {}, "picks": {},
                        "lengths": [len(c) for c in r["candidates"]]}
-             for r in rows if r["id"] in verdicts}
+             for r in rows if r["id"] in verdicts and r["id"] not in failed}
     for rec in records:
         if rec["id"] in pools:
             pools[rec["id"]]["scores"][rec["method"]] = rec["scores"]
