@@ -26,7 +26,7 @@ fi
 if [[ $DEV == 1 ]]; then
   # torch==2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
   "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,trl,ray,verify,rl-tests]'
+  "${PIP[@]}" -e '.[embedded,dev,server,eval,files,hf,trl,ray,verify,rl-tests]'
   # verl and OpenRLHF without their CUDA-bound dependency sets (see the file): ~10 s.
   "${PIP[@]}" --no-deps -r requirements/rl-tests.txt
 else

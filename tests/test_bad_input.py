@@ -658,7 +658,6 @@ def _judged_run(entry: str, d: Path) -> Run:
     rows = interleave(cases)
     data = _write_rows(d / "data.jsonl", [make_row(*r) for r in rows], bom=True)
     code, output = _judge_cli(entry, data, d / "out")
-    assert code == 0, output[-2000:]
     if entry == "eval_rb2":
         recs = [json.loads(x) for x in (d / "out" / "records.jsonl").read_text().splitlines()]
         key = "item_id"
@@ -669,6 +668,13 @@ def _judged_run(entry: str, d: Path) -> Run:
             for x in (d / "out" / f"{m}.jsonl").read_text().splitlines()
         ]
         key = "id"
+    # the prompted baselines cannot fit an answer over the context in their prompt: those
+    # judge calls fail, their records are error records and the exit code is 1 (as for score);
+    # FLIP truncates, so it never fails here; never 2 (usage) or a crash
+    failed = {(r["method"], r[key]) for r in recs if r.get("error")}
+    assert {i for _, i in failed} <= {"huge-10mb-response", "over-context-response"}, failed
+    assert not {m for m, _ in failed} & {"flip", "longest"}, failed
+    assert code == (1 if failed else 0) and "Traceback" not in output, output[-2000:]
     by = {(r["method"], r[key]): r for r in recs}
     seen, goods = {}, []
     for item_id, _, _ in rows:

@@ -91,8 +91,9 @@ def test_rerun_skips_finished_ids_and_retry_errors_redoes_failures(tmp_path):
     # retry_errors; the field mapping is part of the recorded settings, so fixing a wrong
     # --instruction-field is a settings change that a plain rerun may not mix in
     inp2, out2 = tmp_path / "in2.jsonl", tmp_path / "out2.jsonl"
-    write_jsonl(inp2, [{"id": "z", "prompt": "x", "response": "x"},
-                       {"id": "y", "prompt": "y", "response": "y"}])
+    # (a column that no row has is one usage error up front: see test_outputs.py)
+    write_jsonl(inp2, [{"id": "z", "prompt": "x", "instruction": 7, "response": "x"},
+                       {"id": "y", "prompt": "y", "instruction": None, "response": "y"}])
     s = asyncio.run(score_file(FlipReward(fb), inp2, out2))
     assert s.errors == 2 and all(r["error"] for r in read_out(out2))
     s = asyncio.run(score_file(FlipReward(fb), inp2, out2))

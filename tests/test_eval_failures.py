@@ -291,3 +291,65 @@ def test_every_caller_builds_its_engine_from_runtime(tmp_path, monkeypatch):
     assert make("pairwise", 0).engine is make("flip", 0).reward.engine
     assert make("listwise", 0).engine.cache is not None
     assert built == [7, 7, 7, 7]
+
+
+# ---- the report layout shows the failures (merge of the report/provenance work) ------------
+
+
+def _md_rows(report: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    lines = report.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    cells = [[c.strip() for c in line.strip("|").split("|")]
+             for line in lines[i:] if line.startswith("|")]
+    end = next((k for k, line in enumerate(lines[i:]) if not line.startswith("|")), None)
+    cells = cells[: end] if end is not None else cells
+    return cells[0], cells[2:]
+
+
+def test_eval_report_and_metrics_count_the_failed_records(tmp_path, backend):
+    out, metrics = tmp_path / "rb2", tmp_path / "m.jsonl"
+    res = _run(["eval", "rewardbench2", "--data", str(RB2), "--methods", "pointwise,longest",
+                "--out", str(out), "--max-retries", "0", "--no-cache",
+                "--metrics-jsonl", str(metrics)])
+    assert res.exit_code == 1, res.output
+    report = (out / "report.md").read_text()
+    head, rows = _md_rows(report, "| method | overall")
+    assert head[-2:] == ["scored", "failed"]
+    by = {r[0]: dict(zip(head, r)) for r in rows}
+    assert (by["longest"]["scored"], by["longest"]["failed"]) == ("3", "0")
+    assert (by["pointwise"]["scored"], by["pointwise"]["failed"]) == ("0", "3")
+    assert "**Failed judge calls:** pointwise 3 records" in report
+    final = json.loads(metrics.read_text().splitlines()[-1])
+    assert final["event"] == "final" and final["done"] == 6 and final["errors"] == 3
+
+
+def test_rerank_report_and_metrics_count_the_failed_rows(tmp_path, backend):
+    out, metrics = tmp_path / "bon", tmp_path / "m.jsonl"
+    res = _run(["rerank", str(BON), "--label-field", "preference", "--methods",
+                "pointwise,longest", "--out", str(out), "--max-retries", "0", "--no-cache",
+                "--metrics-jsonl", str(metrics)])
+    assert res.exit_code == 1, res.output
+    report = (out / "bon_report.md").read_text()
+    head, rows = _md_rows(report, "| method | mean label")
+    assert head[2:4] == ["rows", "failed"]
+    by = {r[0]: r for r in rows}
+    assert by["longest"][2:4] == ["3", "0"] and by["pointwise"][2:4] == ["0", "3"]
+    assert "**Failed judge calls:** pointwise 3 records" in report
+    final = json.loads(metrics.read_text().splitlines()[-1])
+    assert final["done"] == 6 and final["errors"] == 3
+
+
+def test_leaderboard_counts_the_failed_records(tmp_path, backend):
+    rb2, bon = tmp_path / "rb2", tmp_path / "bon"
+    _run(["eval", "rewardbench2", "--data", str(RB2), "--methods", "pointwise,longest",
+          "--out", str(rb2), "--max-retries", "0", "--no-cache"])
+    _run(["rerank", str(BON), "--label-field", "preference", "--methods", "pointwise,longest",
+          "--out", str(bon), "--max-retries", "0", "--no-cache"])
+    res = _run(["eval", "report", str(rb2), str(bon)])
+    assert res.exit_code == 0, res.output
+    head, rows = _md_rows(res.output, "| # | method | data | accuracy")
+    assert head[-1] == "failed"
+    assert {r[1]: r[-1] for r in rows} == {"longest": "0", "pointwise": "3"}
+    head, rows = _md_rows(res.output, "| # | method | data | mean label")
+    assert head[-1] == "failed"
+    assert {r[1]: r[-1] for r in rows} == {"longest": "0", "pointwise": "3"}

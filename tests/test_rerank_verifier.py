@@ -169,3 +169,30 @@ def test_summary_first_n_curve_and_paired_diff():
     assert s["methods"]["m"]["diff"]["ref"]["prompt_loose"] == {"diff": 1.0, "ci": [1.0, 1.0]}
     d = s["methods"]["m"]["diff"]["ref"]["prompt_strict"]  # +1 on a, 0 on b
     assert d["diff"] == 0.5 and d["ci"][0] <= 0.5 <= d["ci"][1]
+
+
+def test_rows_whose_judge_calls_failed_are_left_out_of_the_verified_numbers(
+    tmp_path, scripted, monkeypatch
+):
+    from fliprm.errors import BackendUnavailable
+
+    scripted("ifeval")
+    answer = fake.scripted_reply
+
+    def reply(req):  # every candidate of row bullets-ps names a pear; no other row's does
+        if "pear" in req.messages[-1]["content"]:
+            return BackendUnavailable("connection refused")
+        return answer(req)
+
+    monkeypatch.setattr(fake, "scripted_reply", reply)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(_app(), ["rerank", str(FIX / "verify_ifeval.jsonl"), "--verifier",
+                                      "ifeval", "--methods", "flip,pointwise", "--backend", "fake",
+                                      "--max-retries", "0", "--out", str(out)])
+    assert res.exit_code == 1, res.output  # the failed records are counted, as without --verifier
+    s = json.loads((out / "verify_results.json").read_text())
+    assert s["n_prompts"] == 2 and list(s["excluded"]) == ["bullets-ps"]
+    assert "judge calls failed (flip, pointwise)" in s["excluded"]["bullets-ps"]
+    # picks 3 and 0 on the rows left (was: the failed row's pick guessed from no scores)
+    assert _rates(s, "flip") == pytest.approx([1 / 2, 1, 3 / 4, 1])
+    assert _rates(s, "longest") == pytest.approx([0, 1 / 2, 2 / 4, 3 / 4])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
+from .outputs import finalize_output, kept_columns, output_format, working_path
 from .records import ResultWriter, input_identity, read_records
 from .result import FlipResult
 from .reward import FlipReward
@@ -96,12 +97,70 @@ def record_to_args(rec: dict[str, Any], fields: Fields) -> tuple[Any, Any, Any]:
     return rec[fields.instruction], rec[fields.response], rec.get(fields.context)
 
 
-def _error_record(item_id: Any, line: int, msg: str) -> dict[str, Any]:
-    return {"line": line, "id": item_id, **FlipResult(reward=None, error=msg).to_dict()}
+def _error_record(item_id: Any, line: int, msg: str,
+                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"line": line, "id": item_id, **(kept or {}),
+            **FlipResult(reward=None, error=msg).to_dict()}
 
 
-def _record(item_id: Any, line: int, res: FlipResult) -> dict[str, Any]:
-    return {"line": line, "id": item_id, **res.to_dict()}
+def _record(item_id: Any, line: int, res: FlipResult,
+            kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"line": line, "id": item_id, **(kept or {}), **res.to_dict()}
+
+
+#: output fields a kept input column must not overwrite (it is written as ``input.<name>``)
+_RESERVED = ("line", "id", *FlipResult.__dataclass_fields__)
+
+
+def _column_sets(path: Path, limit: int | None) -> Iterator[Any]:
+    """The columns of a parquet or CSV file (one header; the rows are not read: a big parquet
+    file would be loaded twice), or each JSONL row."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("reading parquet needs pyarrow: pip install 'fliprm[files]'") from None
+        yield dict.fromkeys(pq.read_schema(path).names)
+        return
+    for _, rec in _limited(read_records(path), limit if suffix != ".csv" else 1):
+        yield rec
+
+
+def check_columns(path: Path, fields: Fields, keep: Sequence[str] | str | None = None,
+                  limit: int | None = None) -> None:
+    """Refuse, before any scoring, an input in which no row has a required column (or a column
+    ``keep`` names): that is a wrong ``--*-field`` flag, not one bad line per row.
+
+    Rows with a broken line are skipped; a file with no readable row is left to the per-line
+    errors. JSONL rows may differ in their keys, so a column counts as present if any row has it
+    (the scan stops as soon as every column was seen, usually on the first row).
+    """
+    need = {"instruction": {fields.instruction, fields.messages},
+            "response": {fields.response, fields.messages}}
+    wanted = [] if keep in (None, "all") else list(keep or [])
+    missing = {**need, **{f"kept {k}": {k} for k in wanted}}
+    seen: set[str] = set()
+    any_row = False
+    for rec in _column_sets(path, limit):
+        if isinstance(rec, InputError):
+            continue
+        any_row = True
+        seen.update(rec)
+        missing = {k: v for k, v in missing.items() if not v & set(rec)}
+        if not missing:
+            return
+    if not any_row:
+        return
+    cols = ", ".join(sorted(seen)) or "(none)"
+    what = next(iter(missing))
+    if what.startswith("kept "):
+        raise ConfigError(f"--keep-columns: {path} has no column {what[5:]!r} (columns: {cols})")
+    flag = fields.instruction if what == "instruction" else fields.response
+    raise ConfigError(
+        f"{path} has no {flag!r} column (columns: {cols}); name the {what} column with "
+        f"--{what}-field" + (f" or give a {fields.messages!r} column" if what == "instruction" else "")
+    )
 
 
 def _user_id(rec: dict[str, Any], fields: Fields) -> Any:
@@ -121,25 +180,38 @@ async def score_file(
     on_item: Callable[[dict[str, Any]], None] | None = None,
     limit: int | None = None,
     input_label: str | None = None,
+    keep_columns: Sequence[str] | str | None = None,
 ) -> Summary:
     """Score every line of ``input_path`` into ``output_path`` (JSONL), one record per line.
 
     Records are keyed by their input ``line`` (the user's ``id`` is kept beside it, or null),
-    so a rerun skips the finished lines. The reward's settings and the input's identity are
-    recorded beside the output (for an HTTP judge, with what its server says it serves: asked
-    first, a :class:`~fliprm.errors.BackendError` if it cannot be reached): a rerun with other
-    settings, another model under the same served name or another input is refused
-    (:class:`~fliprm.errors.ConfigError`) unless ``force`` starts the output over; an input that
-    only grew (rows appended) resumes.
+    so a rerun skips the finished lines. ``line`` is the 1-based line of a JSONL file, the
+    1-based data row of a parquet file, and the CSV row + 1 (the header is line 1).
+    ``keep_columns`` (a list of input columns, or ``"all"``) copies input columns into each
+    record. The output's suffix picks its format (``.jsonl``, ``.csv``, ``.parquet``); results
+    are appended to a JSONL working file while the run goes (see :mod:`fliprm.outputs`) and
+    the final file, sorted by ``line``, is written when the run completes. A required column
+    that no row has is a :class:`~fliprm.errors.ConfigError` before any scoring. The reward's
+    settings and the input's identity are recorded beside the output (for an HTTP judge, with
+    what its server says it serves: asked first, a :class:`~fliprm.errors.BackendError` if it
+    cannot be reached): a rerun with other settings, another model under the same served name
+    or another input is refused (:class:`~fliprm.errors.ConfigError`) unless ``force`` starts
+    the output over; an input that only grew (rows appended) resumes.
 
     >>> import asyncio  # doctest: +SKIP
     >>> asyncio.run(score_file(FlipReward(), "pairs.jsonl", "scores.jsonl")).mean_reward  # doctest: +SKIP
     """
-    inp, out = Path(input_path), Path(output_path)
-    # samefile: a symlink or a hard link to the input is the input too
-    if out.exists() and inp.exists() and os.path.samefile(out, inp):
-        raise ConfigError(f"the output {out} is the input file: write the results elsewhere")
+    inp, final = Path(input_path), Path(output_path)
+    output_format(final)  # an unknown suffix is refused before any work
+    out = working_path(final)
+    for o in (out, final):
+        # samefile: a symlink or a hard link to the input is the input too
+        if o.exists() and inp.exists() and os.path.samefile(o, inp):
+            raise ConfigError(f"the output {o} is the input file: write the results elsewhere")
     records = read_records(inp)  # a corrupt parquet input is refused before the output is touched
+    keep: Sequence[str] | str | None = (
+        "all" if keep_columns == "all" else [k for k in (keep_columns or []) if k != fields.id])
+    check_columns(inp, fields, keep, limit)
     ident = input_identity(inp)
     if input_label:
         ident["path"] = input_label
@@ -148,6 +220,9 @@ async def score_file(
     await reward.aidentify()
     manifest = {"input": ident, "fingerprint": reward.fingerprint(),
                 "settings": {"reward": reward.identity(), "fields": asdict(fields)}}
+    if keep:  # rows with and without the kept columns would not mix in one table
+        # an object, as every settings entry is (manifest_problem refuses other shapes)
+        manifest["settings"]["keep_columns"] = {"columns": keep}
     summary = Summary()
     t0 = time.perf_counter()
     with ResultWriter(out, key_field="line", retry_errors=retry_errors, manifest=manifest,
@@ -162,19 +237,19 @@ async def score_file(
             if on_item:
                 on_item(rec)
 
-        pending: list[tuple[Any, int, tuple[Any, Any, Any]]] = []
+        pending: list[tuple[Any, int, tuple[Any, Any, Any], dict[str, Any]]] = []
 
         async def flush() -> None:
             if not pending:
                 return
-            instr = [a[0] for _, _, a in pending]
-            resp = [a[1] for _, _, a in pending]
-            ctx = [a[2] for _, _, a in pending]
+            instr = [a[0] for _, _, a, _ in pending]
+            resp = [a[1] for _, _, a, _ in pending]
+            ctx = [a[2] for _, _, a, _ in pending]
             async for i, res in reward.ascore_stream(instr, resp, ctx):
-                item_id, line, _ = pending[i]
+                item_id, line, _, kept = pending[i]
                 if res.error and res.error.startswith("item "):
                     res.error = f"line {line}" + res.error[res.error.index(":"):]
-                emit(_record(item_id, line, res))
+                emit(_record(item_id, line, res, kept))
             pending.clear()
 
         for line, rec in _limited(records, limit):
@@ -188,19 +263,23 @@ async def score_file(
             if isinstance(rec, InputError):
                 emit(_error_record(None, line, str(rec)))
                 continue
+            kept = kept_columns(rec, keep, _RESERVED, fields.id)
             if first != line:
                 emit(_error_record(item_id, line, f"line {line}: duplicate id {item_id!r} "
-                                                   f"(first on line {first})"))
+                                                   f"(first on line {first})", kept))
                 continue
             try:
                 args = record_to_args(rec, fields)
             except InputError as exc:
-                emit(_error_record(item_id, line, f"line {line}: {exc}"))
+                emit(_error_record(item_id, line, f"line {line}: {exc}", kept))
                 continue
-            pending.append((item_id, line, args))
+            pending.append((item_id, line, args, kept))
             if len(pending) >= chunk_size:
                 await flush()
         await flush()
+        # still locked: no other run appends while the final file is written (write() flushes
+        # every record, so the working file is complete on disk)
+        finalize_output(final)
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 

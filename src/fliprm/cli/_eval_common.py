@@ -19,6 +19,11 @@ MethodsOpt = Annotated[str, typer.Option(
     "flip-likelihood = mean log p(instruction | response); flip-pmi = the same minus log p("
     "instruction | empty response))")]
 
+SplitOpt = Annotated[str | None, typer.Option(
+    "--split", help="Hugging Face dataset split, for a hub name or a save_to_disk folder")]
+HfConfigOpt = Annotated[str | None, typer.Option(
+    "--config", help="Hugging Face dataset configuration (subset), for a hub name")]
+
 #: flags the judges take from the shared reward definition; --method is --methods' job here
 EXCLUDE = ("method",)
 

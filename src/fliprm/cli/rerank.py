@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,19 +15,24 @@ from ..errors import FlipError
 from ._config_options import CliSettings, fail, reward_options
 from ._eval_common import (
     EXCLUDE,
+    HfConfigOpt,
     MethodsOpt,
     RetryErrorsOpt,
+    SplitOpt,
     judges_for,
     parse_methods,
     report_failures,
 )
+from ._progress import MetricsOpt, RunProgress
 
 
 # no default cache: a rerun served from a cache would report near-zero seconds per row
 @reward_options(preset="default", exclude=EXCLUDE, default_cache=False)
 def rerank(
     settings: CliSettings,
-    input: Annotated[Path, typer.Argument(help="JSONL or parquet, one prompt + candidates per row")],
+    input: Annotated[str, typer.Argument(
+        help="JSONL or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
+        "name: one prompt + candidates per row")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rerank"),
     methods: MethodsOpt = "flip",
     prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
@@ -40,6 +47,9 @@ def rerank(
     verifier: Annotated[str | None, typer.Option(
         "--verifier", help="ifeval|ifbench: label every candidate with the instruction checkers "
         "(rows need instruction_id_list and kwargs); writes verify_report.md")] = None,
+    metrics_jsonl: MetricsOpt = None,
+    split: SplitOpt = None,
+    hf_config: HfConfigOpt = None,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
@@ -56,47 +66,66 @@ def rerank(
     the mean label, counted, and the exit code is 1; --retry-errors redoes those rows."""
     from ..eval.best_of_n import arerank, load_rows
     from ..eval.bon_report import write_bon_report
-    from ..eval.rewardbench2 import stderr_progress
+    from ..eval.provenance import dataset_name, run_info
     from ..records import input_identity, read_records
 
+    started, t0 = datetime.now(UTC), time.monotonic()
     try:
         names = parse_methods(methods)
         if verifier not in (None, "ifeval", "ifbench"):
             fail(f"--verifier {verifier!r}: use ifeval or ifbench")
-        rows = load_rows(input, prompt_field=prompt_field, candidates_field=candidates_field,
-                         id_field=id_field, label_field=label_field, limit=limit,
-                         instructions=verifier is not None)
+        from ..hf_input import resolve_input
+
+        resolved = resolve_input(input, split=split, config=hf_config)
+        rows = load_rows(resolved.path, prompt_field=prompt_field,
+                         candidates_field=candidates_field, id_field=id_field,
+                         label_field=label_field, limit=limit, instructions=verifier is not None)
         # checked before any model call: a bad row fails now, not after the reranking
         checked = _check_candidates(rows, verifier) if verifier else None
         engine, make = judges_for(settings, names)
         conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
-        ident = input_identity(input)
+        ident = input_identity(resolved.path)
+        if not resolved.is_file:  # a dataset's parquet copy: name the dataset, not the copy
+            ident["path"] = resolved.label
 
-        async def main() -> None:
+        async def main(bar: RunProgress) -> None:
+            def on_record(rec: dict[str, Any]) -> None:
+                bar.item(rec.get("picked_label"), error=bool(rec.get("error")))
+
             try:
                 for name in names:
+                    bar.describe(f"rerank {name}")
                     await arerank(rows, make(name, run_seed), out=out / f"{name}.jsonl",
-                                  concurrency=conc, progress=stderr_progress,
-                                  input_identity=ident, force=force,
-                                  retry_errors=retry_errors)
+                                  concurrency=conc, input_identity=ident, force=force,
+                                  retry_errors=retry_errors,
+                                  on_todo=bar.add_total, on_record=on_record)
             finally:
                 if engine is not None:
                     await engine.aclose()
 
-        asyncio.run(main())
+        metric = "mean label" if label_field else "picked"
+        with RunProgress("rerank", metric=metric, metrics_jsonl=metrics_jsonl) as bar:
+            asyncio.run(main(bar))
         ids = {r["id"] for r in rows}
         records = [r for name in names for _, r in read_records(out / f"{name}.jsonl")
                    if isinstance(r, dict) and r.get("id") in ids]
+        run = run_info(backend=settings.config.backend_kind if engine is not None else None,
+                       seconds=time.monotonic() - t0, started=started)
         summary = {}
         if label_field:
-            meta = {"input": str(input), "methods": ",".join(names), "limit": limit,
+            meta = {"input": resolved.label, "methods": ",".join(names), "limit": limit,
                     "run_seed": run_seed,
                     "settings": {m: make(m, run_seed).identity() for m in names}}
-            summary = write_bon_report(records, out, meta=meta)
+            summary = write_bon_report(records, out, meta=meta, run=run,
+                                       dataset=dataset_name(resolved.path))
         if checked is not None:
-            verified = _write_verified(rows, records, checked, out, verifier, input, names)
+            verified = _write_verified(rows, records, checked, out, verifier, resolved.label,
+                                       names, run=run, dataset=dataset_name(resolved.path))
     except FlipError as exc:
         fail(str(exc))
+    dry = summary or (verified if checked is not None else {})
+    if dry.get("dry_run"):
+        typer.echo(f"{dry['notice']}.")
     for name, m in summary.get("methods", {}).items():
         label = "  n/a" if m["n"] == 0 else f"{m['mean_label']:.3f}"
         typer.echo(f"{name:16s} mean label {label}  tie rate "
@@ -134,20 +163,32 @@ def _check_candidates(
 
 def _write_verified(rows: list[dict[str, Any]], records: list[dict[str, Any]],
                     checked: tuple[dict[str, list[dict[str, Any]]], dict[str, str]],
-                    out: Path, suite: str, input: Path, names: list[str]) -> dict[str, Any]:
+                    out: Path, suite: str, input: str, names: list[str], *,
+                    run: dict[str, Any] | None = None,
+                    dataset: str | None = None) -> dict[str, Any]:
     from ..eval.bon_report import write_verified_report
 
     verdicts, excluded = checked
+    excluded = dict(excluded)
+    # a row a method has no verdict on (failed judge calls) is left out for every method: the
+    # paired comparisons need the same rows, and a pick guessed from no scores is no pick
+    failed: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.get("error") and rec["id"] in verdicts:
+            failed.setdefault(rec["id"], []).append(rec["method"])
+    for rid, methods in failed.items():
+        excluded[rid] = (f"judge calls failed ({', '.join(methods)}); --retry-errors "
+                         "redoes them")
     pools = {r["id"]: {"id": r["id"], "verdicts": verdicts[r["id"]], "scores": {}, "picks": {},
                        "lengths": [len(c) for c in r["candidates"]]}
-             for r in rows if r["id"] in verdicts}
+             for r in rows if r["id"] in verdicts and r["id"] not in failed}
     for rec in records:
         if rec["id"] in pools:
             pools[rec["id"]]["scores"][rec["method"]] = rec["scores"]
             pools[rec["id"]]["picks"][rec["method"]] = rec["pick"]
-    meta = {"input": str(input), "methods": ",".join(names), "verifier": suite}
+    meta = {"input": input, "methods": ",".join(names), "verifier": suite}
     return write_verified_report(list(pools.values()), out, suite=suite, meta=meta,
-                                 excluded=excluded)
+                                 excluded=excluded, run=run, dataset=dataset)
 
 
 def _echo_verified(s: dict[str, Any], out: Path) -> None:

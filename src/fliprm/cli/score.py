@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..batch import Fields, Summary, score_file
 from ..errors import FlipError
 from ._config_options import CliSettings, err, fail, reward_options
+from ._eval_common import HfConfigOpt, SplitOpt
+from ._progress import MetricsOpt, RunProgress
 
 if TYPE_CHECKING:
     from ..scale import RaySummary
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
 
 def _count_lines(path: Path) -> int | None:
     if path.suffix.lower() in (".parquet", ".pq"):
-        return None
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows  # the footer only: an ETA for parquet
+        except Exception:  # noqa: BLE001 - no count is fine: the bar just has no total
+            return None
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip()) - (1 if path.suffix.lower() == ".csv" else 0)
 
@@ -83,13 +89,14 @@ def register(app: typer.Typer) -> None:
         settings: CliSettings,
         input: Annotated[
             str | None,
-            typer.Argument(help="JSONL, CSV or parquet file, or - for JSONL on stdin "
-                           "(--ray: JSONL or parquet)"),
+            typer.Argument(help="JSONL, CSV or parquet file, a datasets save_to_disk folder, "
+                           "a Hugging Face dataset name, or - for JSONL on stdin"),
         ] = None,
         out: Annotated[
             Path | None,
             typer.Option("-o", "--out", "--output",
-                         help="results JSONL (--ray: a folder of parquet shards)"),
+                         help="results: .jsonl, .csv or .parquet, sorted by input line "
+                         "(--ray: a folder of parquet shards)"),
         ] = None,
         instruction: Annotated[str | None, typer.Option("--instruction", "-i")] = None,
         response: Annotated[str | None, typer.Option("--response", "-r")] = None,
@@ -106,6 +113,12 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--force", help="start the output over (its results are lost)")
         ] = False,
         limit: Annotated[int | None, typer.Option("--limit", help="first N input lines only")] = None,
+        keep_columns: Annotated[str | None, typer.Option(
+            "--keep-columns", help="input columns copied into each output row: a comma list, "
+            "or 'all'")] = None,
+        metrics_jsonl: MetricsOpt = None,
+        split: SplitOpt = None,
+        hf_config: HfConfigOpt = None,
         ray: Annotated[bool, typer.Option(
             "--ray", help="score on Ray (needs the ray extra): -o is a folder of parquet "
             "shards, resumable by shard")] = False,
@@ -147,9 +160,15 @@ def register(app: typer.Typer) -> None:
         elif single:
             fail("--ray scores a file: give INPUT and -o DIR")
         fields = Fields(id_field, instruction_field, response_field, context_field, messages_field)
-        path = None if input in (None, "-") else Path(input)  # type: ignore[arg-type]
-        if path is not None and not path.is_file():
-            fail(f"input file not found: {path}")
+        path, label = None, None
+        if input not in (None, "-"):
+            from ..hf_input import resolve_input
+
+            try:
+                resolved = resolve_input(input, split=split, config=hf_config)  # type: ignore[arg-type]
+            except FlipError as exc:
+                fail(str(exc))
+            path, label = resolved.path, None if resolved.is_file else resolved.label
         if ray:
             if path is None:
                 fail("--ray reads a file every node can see, not stdin")
@@ -171,8 +190,11 @@ def register(app: typer.Typer) -> None:
             assert out is not None
             if path is None:
                 path = spooled = _spool_stdin()
+            keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
+                    else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
             summary = _score_file(reward, path, out, fields, retry_errors, force, limit,
-                                  label="-" if spooled else None)
+                                  label="-" if spooled else label, keep=keep or None,
+                                  metrics_jsonl=metrics_jsonl)
         except FlipError as exc:
             fail(str(exc))
         finally:
@@ -184,27 +206,23 @@ def register(app: typer.Typer) -> None:
 
 
 def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors: bool,
-                force: bool, limit: int | None, label: str | None) -> Summary:
+                force: bool, limit: int | None, label: str | None,
+                keep: list[str] | str | None = None,
+                metrics_jsonl: Path | None = None) -> Summary:
     total = _count_lines(path)
     if total is not None and limit is not None:
         total = min(total, limit)
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=err, transient=False) as progress:
-        task = progress.add_task("score", total=total, status="")
-        done = [0, 0.0]
+    with RunProgress("scoring", total=total, metric="mean reward", console=err,
+                     metrics_jsonl=metrics_jsonl) as bar:
 
         def on_item(rec: dict[str, Any]) -> None:
-            if not rec.get("error"):
-                done[0] += 1
-                done[1] += float(rec.get("reward") or 0.0)
-            progress.update(task, advance=1, status=f"mean {done[1] / max(done[0], 1):.3f}")
+            err_ = bool(rec.get("error"))
+            bar.item(None if err_ else float(rec.get("reward") or 0.0), error=err_)
 
-        summary = asyncio.run(score_file(reward, path, out, fields=fields,
-                                         retry_errors=retry_errors, force=force,
-                                         on_item=on_item, limit=limit, input_label=label))
-        progress.update(task, completed=summary.total)
-    return summary
+        return asyncio.run(score_file(reward, path, out, fields=fields,
+                                      retry_errors=retry_errors, force=force,
+                                      on_item=on_item, limit=limit, input_label=label,
+                                      keep_columns=keep))
 
 
 def _score_ray(input: Path, output: Path, settings: CliSettings, *, ray_address: str | None,

@@ -101,12 +101,16 @@ async def arerank(
     input_identity: dict[str, Any] | None = None,
     force: bool = False,
     retry_errors: bool = False,
+    on_todo: Callable[[int], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Judge each row's candidates; append ``{id, pick, scores, top, ...}`` records to ``out``
     (rows already there are skipped). A row whose judge calls failed is an error record
     (``error`` set, ``pick`` None); ``retry_errors`` redoes those. The judge's settings and
     ``input_identity`` are recorded beside ``out``; a rerun with others is refused (``force``
-    starts it over). Returns the new records.
+    starts it over). Returns the new records. ``on_todo(n)``: the rows this pass will judge,
+    told before the first starts; ``on_record(record)``: each finished record (for a progress
+    display).
 
     >>> from fliprm.judges import LongestJudge
     >>> asyncio.run(arerank([{"id": "1", "prompt": "Hi", "candidates": ["a", "abc"]}], LongestJudge()))[0]["pick"]
@@ -124,6 +128,8 @@ async def arerank(
               if out is not None else None)
     done = writer.done if writer else set()
     todo = [r for r in rows if r["id"] not in done]
+    if on_todo:
+        on_todo(len(todo))
     sem = asyncio.Semaphore(max(1, concurrency))
     new: list[dict[str, Any]] = []
 
@@ -143,6 +149,8 @@ async def arerank(
         if writer:
             writer.write(rec)
         new.append(rec)
+        if on_record:
+            on_record(rec)
         if progress:
             progress(f"[{judge.name}] {len(new)}/{len(todo)} {row['id']} pick={rec['pick']} "
                      f"{j.seconds:.1f}s")

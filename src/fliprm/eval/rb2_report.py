@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .provenance import DRY_RUN, header_lines, settings_block
 from .rb2_scoring import ties_score
-from .stats import bootstrap_ci, failed_note, fmt, md_table, mean, strict_json
+from .stats import bold_best, bootstrap_ci, failed_note, fmt, md_table, mean, spread, strict_json
 
 __all__ = ["LENGTH_BUCKETS", "summarize", "write_report"]
 
@@ -49,10 +50,26 @@ def _score_by_length(recs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _per_run_accuracy(scored: list[dict[str, Any]]) -> list[float]:
+    """Overall accuracy (mean over subsets) of each run on its own: the spread across runs."""
+    out = []
+    for run in sorted({r["run"] for r in scored}):
+        recs = [r for r in scored if r["run"] == run]
+        out.append(mean([mean([r["credit"] for r in recs if r["subset"] == sub])
+                         for sub in sorted({r["subset"] for r in recs})]))
+    return out
+
+
+def _headline(m: dict[str, Any]) -> float:
+    acc = m["accuracy"]
+    return -math.inf if acc is None or math.isnan(acc) else acc
+
+
 def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
-    """Per-method accuracy (overall = mean over subsets, with a 95% bootstrap CI over items),
-    per-subset accuracy, tie and parse-failure rates, cost, Ties score, accuracy by length
-    bucket and the mean score of chosen / rejected answers by length bucket.
+    """Per-method accuracy (overall = mean over subsets, with a 95% bootstrap CI over items, and
+    the spread of the per-run overall accuracy across runs), per-subset accuracy, tie and
+    parse-failure rates, cost, Ties score, accuracy by length bucket and the mean score of
+    chosen / rejected answers by length bucket. Methods come best first (by overall accuracy).
 
     Error records (judge calls that failed) are left out of every number: ``n_scored`` and
     ``n_failed`` count (method, run, item) records with and without a verdict."""
@@ -60,6 +77,10 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
     for r in records:
         by_method[r["method"]].append(r)
     out: dict[str, Any] = {"methods": {}, "subsets": sorted({r["subset"] for r in records})}
+    # a random pick's expected credit: 25% on RB2's 4-way items, 50% on pairs
+    odds = {r["item_id"]: r["num_correct"] / r["n_candidates"] for r in records
+            if r.get("n_candidates") and r.get("credit") is not None and not r.get("error")}
+    out["chance"] = mean(list(odds.values())) if odds else None
     for method, every in by_method.items():
         recs = [r for r in every if not r.get("error")]
         scored = [r for r in recs if r["credit"] is not None]
@@ -77,6 +98,7 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
             "subsets": subsets, "n_items": len({r["item_id"] for r in every}),
             "n_scored": len(recs), "n_failed": len(every) - len(recs),
             "runs": len({r["run"] for r in every}),
+            "runs_spread": spread(_per_run_accuracy(scored)),
             "tie_rate": mean([float(r["tie"]) for r in scored]),
             "parse_failure_rate": sum(r["parse_failures"] for r in recs) / calls if calls else 0.0,
             "errors": sum(len(r["errors"]) for r in every),
@@ -92,14 +114,16 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
         buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in scored:
             buckets[_bucket(r["mean_words"])].append(r)
-        m["length_buckets"] = {
-            label: {"accuracy": mean(list(_item_means(buckets[label]).values())),
-                    "n": len(_item_means(buckets[label]))}
-            for _, _, label in LENGTH_BUCKETS if buckets.get(label)
-        }
+        m["length_buckets"] = {}
+        for _, _, label in LENGTH_BUCKETS:
+            if buckets.get(label):
+                per_item = list(_item_means(buckets[label]).values())
+                m["length_buckets"][label] = {"accuracy": mean(per_item), "n": len(per_item),
+                                              "ci": list(bootstrap_ci([per_item], seed=seed))}
         if method != "longest":  # its score is the length itself: a tautology here
             m["score_by_length"] = _score_by_length(recs)
         out["methods"][method] = m
+    out["methods"] = dict(sorted(out["methods"].items(), key=lambda kv: -_headline(kv[1])))
     if "flip" in out["methods"]:
         flip = out["methods"]["flip"]["accuracy"]
         out["flip_relative_gain"] = {
@@ -107,6 +131,24 @@ def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, 
             for name, m in out["methods"].items() if name != "flip"
         }
     return out
+
+
+def _bars(ax: Any, xs: list[float], ys: list[float | None], width: float, label: str,
+          yerr: list[list[float]] | None, ns: list[int | None]) -> None:
+    """Bars that stay visible at 0 (an outlined stub and its value) with n above each."""
+    heights = [0.0 if y is None else y for y in ys]
+    bars = ax.bar(xs, heights, width, label=label, yerr=yerr, capsize=2, edgecolor="black",
+                  linewidth=0.5, error_kw={"elinewidth": 0.8})
+    color = bars.patches[0].get_facecolor() if bars.patches else None
+    for x, y, n, top in zip(xs, ys, ns, (yerr[1] if yerr else [0.0] * len(xs)), strict=True):
+        if y is None:
+            continue
+        if y == 0:  # a zero-height bar draws nothing: mark it with a thick line at 0
+            ax.plot([x - width / 2, x + width / 2], [0, 0], color=color, linewidth=3,
+                    solid_capstyle="butt")
+        ax.annotate(f"{y * 100:.0f}" + (f"\nn={n}" if n is not None else ""), (x, y + top),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=6)
 
 
 def _plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
@@ -118,32 +160,42 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
     except ImportError:
         return []
     methods = list(summary["methods"])
+    name = summary.get("dataset") or "RewardBench 2"
     written = []
     for fname, key, title, labels in (
-        ("accuracy_by_subset.png", "subsets", "RewardBench 2 accuracy by subset",
+        ("accuracy_by_subset.png", "subsets", f"{name}: accuracy by subset",
          sorted({s for m in methods for s in summary["methods"][m]["subsets"]})),
-        ("accuracy_by_length.png", "length_buckets", "Accuracy by mean answer length (words)",
+        ("accuracy_by_length.png", "length_buckets",
+         f"{name}: accuracy by mean answer length (words)",
          [b[2] for b in LENGTH_BUCKETS
           if any(b[2] in summary["methods"][m]["length_buckets"] for m in methods)]),
     ):
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) + 2), 4))
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * max(len(methods), 2) / 2 + 2),
+                                        4.5))
         width = 0.8 / max(len(methods), 1)
         for i, method in enumerate(methods):
             cells = summary["methods"][method][key]
             xs = [x + i * width for x in range(len(labels))]
-            ys = [cells.get(lab, {}).get("accuracy", 0.0) for lab in labels]
-            yerr = None
-            if key == "subsets":
-                lo = [y - cells.get(lab, {}).get("ci", [y, y])[0] for lab, y in zip(labels, ys)]
-                hi = [cells.get(lab, {}).get("ci", [y, y])[1] - y for lab, y in zip(labels, ys)]
-                yerr = [lo, hi]
-            ax.bar(xs, ys, width, label=method, yerr=yerr, capsize=2)
-        ax.axhline(0.25, color="grey", linestyle="--", linewidth=1, label="chance (4-way)")
+            ys = [cells[lab]["accuracy"] if lab in cells else None for lab in labels]
+            cis = [cells[lab].get("ci") if lab in cells else None for lab in labels]
+            lo = [0.0 if y is None or not ci or ci[0] is None else max(y - ci[0], 0.0)
+                  for y, ci in zip(ys, cis, strict=True)]
+            hi = [0.0 if y is None or not ci or ci[1] is None else max(ci[1] - y, 0.0)
+                  for y, ci in zip(ys, cis, strict=True)]
+            ns = [cells[lab]["n"] if lab in cells else None for lab in labels]
+            _bars(ax, xs, ys, width, method, [lo, hi], ns)
+        chance = summary.get("chance")
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1,
+                       label=f"random pick ({chance * 100:.0f}%)")
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("accuracy")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, 1.18)  # room for the value and n above a bar at 1.0
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_xlabel("above each bar: accuracy % and n items", fontsize=8)
+        ax.set_title(title + (f"\n{DRY_RUN}" if summary.get("dry_run") else ""), fontsize=10)
+        # outside on the right: never over a bar or its label, whatever the number of methods
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(out_dir / fname, dpi=110)
         plt.close(fig)
@@ -158,31 +210,66 @@ def _score_cell(c: dict[str, Any]) -> str:
     return f"{one(c['chosen'])} / {one(c['rejected'])} (n={c['n_chosen']}/{c['n_rejected']})"
 
 
+def _across_runs(m: dict[str, Any]) -> str:
+    sp = m.get("runs_spread") or {}
+    if sp.get("runs", 0) < 2:
+        return "-"
+    return f"{fmt(sp['mean'])} ± {fmt(sp['std'])} ({fmt(sp['min'])}-{fmt(sp['max'])})"
+
+
 def write_report(
-    records: Sequence[dict[str, Any]], out_dir: str | Path, *, meta: dict[str, Any] | None = None
+    records: Sequence[dict[str, Any]], out_dir: str | Path, *, meta: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None, dataset: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``results.json`` and PNG plots into ``out_dir``; return the summary."""
+    """Write ``report.md``, ``results.json`` and PNG plots into ``out_dir``; return the summary.
+
+    ``run``: the provenance (:func:`~fliprm.eval.provenance.run_info`), shown at the top and
+    kept in ``results.json`` under ``meta.run``; a fake-backend run is labelled a dry run on the
+    first line of both. ``dataset`` names the data in titles (default: RewardBench 2).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = summarize(records)
-    s["meta"] = meta or {}
+    meta = dict(meta or {})
+    dry = bool(run and run.get("dry_run"))
+    s: dict[str, Any] = {"dry_run": dry}
+    if dry:
+        s["notice"] = DRY_RUN
+    s.update(summarize(records))
+    if run:
+        meta["run"] = run
+    s["meta"] = meta
+    s["dataset"] = dataset or "RewardBench 2"
     s["plots"] = _plots(s, out_dir)
     ms = s["methods"]
-    lines = ["# RewardBench 2 evaluation", ""]
-    if meta:
-        lines += [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
-    lines += [("Accuracy in %, 95% bootstrap CI over items in brackets. Overall = mean of the "
-               "subsets. Scoring as RewardBench 2: a k-way tie at the top that includes the "
-               "chosen answer earns 1/k; no verdict on a 4-way item earns 0.25 (chance 25%)."), ""]
+    title = ("RewardBench 2 evaluation" if s["dataset"] == "RewardBench 2"
+             else f"{s['dataset']}: evaluation with RewardBench 2 scoring")
+    lines = header_lines(title, run, meta)
+    lines += [("Accuracy in %, 95% bootstrap CI over items in brackets, best per column in "
+               "bold, methods best first. Overall = mean of the subsets. Scoring as RewardBench "
+               "2: a k-way tie at the top that includes the chosen answer earns 1/k; no verdict "
+               "on a 4-way item earns 0.25 (chance 25%). Across runs: mean ± std (min-max) of "
+               "each run's overall accuracy. Scored / failed: (run, item) records with a "
+               "verdict / whose judge calls failed (left out of every number)."), ""]
     subs = sorted({x for m in ms.values() for x in m["subsets"]})
+    names = list(ms)
+    cols = [bold_best([fmt(ms[n]["accuracy"]) for n in names], [ms[n]["accuracy"] for n in names])]
+    for x in subs:
+        vals = [ms[n]["subsets"][x]["accuracy"] if x in ms[n]["subsets"] else None for n in names]
+        cols.append(bold_best([fmt(v) if v is not None else "-" for v in vals], vals))
+    multi = any(m["runs"] > 1 for m in ms.values())
     rows = []
-    for name, m in ms.items():
-        cells = [f"{fmt(m['subsets'][x]['accuracy'])} [{fmt(m['subsets'][x]['ci'][0], 0)}-"
-                 f"{fmt(m['subsets'][x]['ci'][1], 0)}]" if x in m["subsets"] else "-" for x in subs]
-        rows.append([name, f"**{fmt(m['accuracy'])}** [{fmt(m['ci'][0], 0)}-{fmt(m['ci'][1], 0)}]",
-                     *cells, m["n_items"], m["runs"]])
-    lines += ["## Accuracy", "", md_table(["method", "overall", *subs, "items", "runs"], rows), ""]
-    lines += failed_note({n: m.get("n_failed", 0) for n, m in ms.items()})
+    for i, name in enumerate(names):
+        m = ms[name]
+        cells = [f"{cols[j + 1][i]} [{fmt(m['subsets'][x]['ci'][0], 0)}-"
+                 f"{fmt(m['subsets'][x]['ci'][1], 0)}]" if x in m["subsets"] else "-"
+                 for j, x in enumerate(subs)]
+        rows.append([name, f"{cols[0][i]} [{fmt(m['ci'][0], 0)}-{fmt(m['ci'][1], 0)}]",
+                     *([_across_runs(m)] if multi else []), *cells, m["n_items"], m["runs"],
+                     m["n_scored"], m["n_failed"]])
+    header = ["method", "overall", *(["across runs"] if multi else []), *subs, "items", "runs",
+              "scored", "failed"]
+    lines += ["## Accuracy", "", md_table(header, rows), ""]
+    lines += failed_note({n: m["n_failed"] for n, m in ms.items()})
     rows = [[n, fmt(m["tie_rate"]), fmt(m["parse_failure_rate"]), m["errors"],
              f"{m['tokens_per_item']:.0f}", f"{m['seconds_per_item']:.1f}"] for n, m in ms.items()]
     lines += ["## Ties, parse failures and cost", "",
@@ -215,6 +302,7 @@ def write_report(
                    "1-10 rating, pairwise = wins, listwise = 1 if picked."), "",
                   md_table(["method", *labels], rows), ""]
     lines += [f"![{p}]({p})" for p in s["plots"]]
+    lines += ["", *settings_block(meta.get("settings"))]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "results.json").write_text(strict_json(s), encoding="utf-8")
     return s

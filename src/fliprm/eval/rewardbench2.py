@@ -69,6 +69,8 @@ async def arun_rewardbench2(
     input_identity: dict[str, Any] | None = None,
     force: bool = False,
     retry_errors: bool = False,
+    on_todo: Callable[[int], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Judge every item with every method, ``runs`` times (run r uses seed ``seed + r``).
 
@@ -76,11 +78,13 @@ async def arun_rewardbench2(
     already there are skipped, so an interrupted run resumes. A record whose judge calls
     failed has an ``error`` (and no credit); it counts as done unless ``retry_errors``, which
     redoes the failed records of these methods, runs and items (others are left alone). Each
-    method's settings (and    ``input_identity``, the data's) are recorded beside it: a rerun may add methods, but a
-    method run again with other settings, or on other data, is refused (``force`` starts the
-    file over). Returns the new records only.
+    method's settings (and ``input_identity``, the data's) are recorded beside it: a rerun may
+    add methods, but a method run again with other settings, or on other data, is refused
+    (``force`` starts the file over). Returns the new records only.
     ``concurrency`` items are judged at once (1 suits the single-slot embedded model and keeps
-    the per-item seconds honest).
+    the per-item seconds honest). ``on_todo(n)`` is told how many (method, run, item) this pass
+    will judge before the first starts, ``on_record(record)`` each finished record (for a
+    progress display); ``progress`` gets one text line per record.
     """
     judges = {(m, r): make_judge(m, seed + r) for m in methods for r in range(runs)}
     await identify_judges(judges.values())
@@ -108,18 +112,22 @@ async def arun_rewardbench2(
         if writer:
             writer.write(rec)
         new.append(rec)
+        if on_record:
+            on_record(rec)
         if progress:
             credit = "-" if rec["credit"] is None else f"{rec['credit']:.2f}"
             progress(f"[{method} run {run}] {len(new)} done, {total} this pass: {item.id} "
                      f"credit={credit} {j.seconds:.1f}s")
 
+    todos = {(method, run): [it for it in items if record_key(method, run, it.id) not in done
+                             and not (it.subset == "Ties" and method in NO_TIES)]
+             for method in methods for run in range(runs)}
+    if on_todo:
+        on_todo(sum(len(t) for t in todos.values()))
     try:
-        for method in methods:
-            for run in range(runs):
-                judge = judges[(method, run)]
-                todo = [it for it in items if record_key(method, run, it.id) not in done
-                        and not (it.subset == "Ties" and method in NO_TIES)]
-                await asyncio.gather(*(one(judge, method, run, it, len(todo)) for it in todo))
+        for (method, run), todo in todos.items():
+            judge = judges[(method, run)]
+            await asyncio.gather(*(one(judge, method, run, it, len(todo)) for it in todo))
     finally:
         if writer:
             writer.close()

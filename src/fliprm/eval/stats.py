@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-__all__ = ["bootstrap_ci", "failed_note", "fmt", "md_table", "mean", "strict_json"]
+__all__ = ["bold_best", "bootstrap_ci", "failed_note", "fmt", "md_table", "mean", "spread", "strict_json"]
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -40,6 +40,35 @@ def bootstrap_ci(
     )
     alpha = (1 - level) / 2
     return values[int(alpha * (n_boot - 1))], values[int((1 - alpha) * (n_boot - 1))]
+
+
+def spread(values: Sequence[float]) -> dict[str, float | list[float] | int]:
+    """Mean, sample standard deviation, min and max of per-run values (std 0 for one run).
+
+    >>> spread([0.5, 0.7, 0.6])["std"], spread([0.5])["std"]
+    (0.1, 0.0)
+    """
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {"runs": 0, "per_run": [], "mean": math.nan, "std": math.nan,
+                "min": math.nan, "max": math.nan}
+    m = mean(vals)
+    std = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"runs": len(vals), "per_run": list(vals), "mean": m, "std": round(std, 12),
+            "min": min(vals), "max": max(vals)}
+
+
+def bold_best(cells: Sequence[str], values: Sequence[float | None]) -> list[str]:
+    """Bold the cells whose value is the column's best (highest); ties are all bold.
+
+    >>> bold_best(["50.0", "75.0", "-"], [0.5, 0.75, None])
+    ['50.0', '**75.0**', '-']
+    """
+    ok = [v for v in values if v is not None and not math.isnan(v)]
+    best = max(ok) if ok else None
+    return [f"**{c}**" if best is not None and v is not None and not math.isnan(v)
+            and math.isclose(v, best, rel_tol=0, abs_tol=1e-12) else c
+            for c, v in zip(cells, values, strict=True)]
 
 
 def fmt(x: float | None, digits: int = 1, pct: bool = True) -> str:
