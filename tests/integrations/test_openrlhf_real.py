@@ -103,7 +103,9 @@ def _no_override():
 
 
 @pytest.fixture
-def fliprm_server():
+def fliprm_server(monkeypatch):
+    # the server scores with f1; a client must ask for f1 too, or it refuses (settings differ)
+    monkeypatch.setenv("FLIPRM_METHOD", "f1")
     with ServerThread(create_app(echo_reward())) as srv:
         yield srv
 

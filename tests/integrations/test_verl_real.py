@@ -51,7 +51,9 @@ def _no_override():
 
 
 @pytest.fixture
-def fliprm_server():
+def fliprm_server(monkeypatch):
+    # the server scores with f1; a client must ask for f1 too, or it refuses (settings differ)
+    monkeypatch.setenv("FLIPRM_METHOD", "f1")
     with ServerThread(create_app(f1_reward())) as srv:
         yield srv
 
@@ -134,7 +136,10 @@ async def test_reward_loop_naive_manager_scores_through_fliprm_serve(
     infos = [o["reward_extra_info"] for o in outputs]
     assert [i["score"] for i in infos] == pytest.approx(EXPECTED)
     assert [failed_flags(i) for i in infos] == [[0.0], [0.0], [1.0]]
-    assert all(isinstance(v, float) for i in infos for v in i.values())
+    # verl averages every numeric extra and skips strings (metric_utils.process_validation_metrics)
+    assert all(isinstance(v, float) for i in infos for k, v in i.items()
+               if k not in ("flip_method", "flip_inferred_instruction"))
+    assert {i["flip_method"] for i in infos} == {"f1"}
     # what RewardLoopManager does with the scores: one reward on the last response token
     rm_scores = worker.reward_manager.assemble_rm_scores(data, scores)
     assert last_token_rewards(data, rm_scores) == pytest.approx(EXPECTED)
