@@ -189,7 +189,9 @@ def test_rerank_without_labels_still_counts_failures(tmp_path, backend):
     assert res.exit_code == 1 and "3 failed" in res.output
 
 
-def test_eval_against_a_closed_port_exits_1(tmp_path):
+def test_eval_against_a_closed_port_is_one_error_before_any_record(tmp_path):
+    # the judge's server is asked what it serves before anything is recorded (its identity is
+    # part of the settings): an unreachable one stops the run at once, never a "25%" result
     import socket
 
     s = socket.socket()
@@ -201,8 +203,9 @@ def test_eval_against_a_closed_port_exits_1(tmp_path):
                 "--methods", "pointwise", "-b", "openai:m", "--base-url",
                 f"http://127.0.0.1:{port}/v1", "--max-retries", "0", "--no-cache",
                 "--out", str(out)])
-    assert res.exit_code == 1, res.output
-    assert "1 failed" in res.output
+    assert res.exit_code == 2, res.output
+    assert f"127.0.0.1:{port}" in res.output and "ConnectError" in res.output
+    assert "accuracy" not in res.output
 
 
 # ---- --max-retries, --total-timeout, --cache reach the judges ---------------------------------
@@ -269,7 +272,9 @@ def test_engine_from_runtime(tmp_path):
     assert isinstance(e.cache, ResponseCache) and e.cache.path == str(tmp_path / "a.sqlite")
     e2 = Engine.from_runtime(fb, RuntimeOptions(), cache=tmp_path / "b.sqlite")
     assert e2.max_retries == 3 and e2.max_concurrency == fb.max_concurrency
-    assert e2.total_timeout is None and e2.cache.path == str(tmp_path / "b.sqlite")
+    # no total_timeout given: a finite deadline derived from timeout and retries (issue 21),
+    # except on the in-process model, whose thread a deadline could not stop
+    assert e2.total_timeout == RuntimeOptions().deadline_s and e2.cache.path == str(tmp_path / "b.sqlite")
     assert Engine.from_runtime(fb, RuntimeOptions()).cache is None
 
 

@@ -20,8 +20,8 @@ def _served_reward(monkeypatch, args, env):
 
     seen: dict = {}
 
-    def create_app(reward, **kw):
-        seen["options"] = kw
+    def create_app(reward, options=None, **kw):
+        seen["options"] = {**(options.model_dump() if options is not None else {}), **kw}
         return seen.setdefault("rm", reward)
 
     monkeypatch.setattr(fliprm.server, "create_app", create_app)
