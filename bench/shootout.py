@@ -49,19 +49,24 @@ from fliprm import FlipReward, ResponseCache
 from fliprm.config import PRESETS, RewardConfig, RuntimeOptions
 
 #: row name -> RewardConfig settings (on top of the library default) and a description
+#: F1 rows name their method and guard: since 2026-12-06 the library default is pmi + guard.
+_F1 = {"method": "f1", "mask_echo": False}
+_RAW = {"mask_echo": False}
 ROWS: dict[str, tuple[dict[str, Any], str]] = {
-    "paper": ({"template": "flip", "constrained": False, "parse_failure": "raw"},
+    "default": ({}, "the library default as shipped (every entry point): pmi with the echo guard"),
+    "paper": ({"preset": "paper"},
               "the reference path: reasoning first, unconstrained, F1 on the raw text on failure"),
-    "flip": ({"template": "flip"}, "reasoning first, JSON-constrained (reasoning re-cut at a "
-             "sentence end when it reaches the cap)"),
-    "flip-short": ({}, "the library default: instruction only, JSON-constrained"),
-    "likelihood": ({"method": "likelihood"}, "mean log p(instruction | response), teacher-forced"),
-    "pmi": ({"method": "pmi"}, "likelihood minus the instruction's likelihood given an empty "
-            "response (sigmoid of the per-token PMI)"),
+    "flip": ({**_F1, "template": "flip"}, "reasoning first, JSON-constrained (reasoning re-cut "
+             "at a sentence end when it reaches the cap)"),
+    "flip-short": (_F1, "the former library default: F1, instruction only, JSON-constrained"),
+    "likelihood": ({**_RAW, "method": "likelihood"},
+                   "mean log p(instruction | response), teacher-forced"),
+    "pmi": ({**_RAW, "method": "pmi"}, "likelihood minus the instruction's likelihood given an "
+            "empty response (sigmoid of the per-token PMI)"),
     "pmi-guard": ({"method": "pmi", "mask_echo": True}, "pmi with the echo guard"),
-    "sampled-k3": ({"samples": 3, "temperature": 0.7, "seed": 0},
+    "sampled-k3": ({**_F1, "samples": 3, "temperature": 0.7, "seed": 0},
                    "flip-short, mean F1 over 3 samples at temperature 0.7"),
-    "flip-short-guard": ({"mask_echo": True}, "flip-short with the echo guard"),
+    "flip-short-guard": ({"method": "f1", "mask_echo": True}, "flip-short with the echo guard"),
     "likelihood-guard": ({"method": "likelihood", "mask_echo": True},
                          "likelihood with the echo guard"),
     "rl": ({"preset": "rl"}, "the RL default as shipped (fliprm serve, adapters): pmi, echo "
@@ -72,9 +77,10 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
               "echo guard, parse failures None, 256 tokens, 8,000 characters)"),
     "rl-f1-noguard": ({"preset": "rl", "method": "f1", "mask_echo": False},
                       "rl-f1 without the echo guard"),
-    "flip-short-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b"}, "flip-short on the 1.5B model"),
-    "likelihood-1.5b": ({"backend": "embedded:qwen2.5-coder-1.5b", "method": "likelihood"},
-                        "likelihood on the 1.5B model"),
+    "flip-short-1.5b": ({**_F1, "backend": "embedded:qwen2.5-coder-1.5b"},
+                        "flip-short on the 1.5B model"),
+    "likelihood-1.5b": ({**_RAW, "backend": "embedded:qwen2.5-coder-1.5b",
+                         "method": "likelihood"}, "likelihood on the 1.5B model"),
 }
 
 SETS = {"focus4": "alpacaeval_focus4.jsonl", "pref4": "alpacaeval_pref4.jsonl",
@@ -146,10 +152,11 @@ async def score_item(rm: FlipReward, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: int,
-            attacks: set[str] | None = None) -> None:
+            attacks: set[str] | None = None, parallel: int = 1) -> None:
     cfg = build_config(row, max_chars)
-    # an in-memory cache: a response scored against several prompts costs one FLIP call
-    rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads),
+    # an in-memory cache: a response scored against several prompts costs one FLIP call;
+    # ``parallel`` items are scored at once, in as many llama.cpp slots (decoded together)
+    rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads, concurrency=parallel),
                     cache=ResponseCache(":memory:"))
     folder = out / row
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,14 +172,24 @@ def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: 
         todo = [it for it in load_items(name, n, attacks) if it["id"] not in done]
         print(f"[{row}] {name}: {len(done)} done, {len(todo)} to score (load {load_average()})",
               file=sys.stderr, flush=True)
+
+        async def chunk(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+            t0 = time.perf_counter()
+            recs = await asyncio.gather(*(score_item(rm, it) for it in items))
+            return list(recs), time.perf_counter() - t0
+
         with path.open("a", encoding="utf-8") as f:
-            for k, item in enumerate(todo):
-                rec = asyncio.run(score_item(rm, item))
-                f.write(json.dumps(rec) + "\n")
+            for k in range(0, len(todo), parallel):
+                recs, wall = asyncio.run(chunk(todo[k : k + parallel]))
+                for rec in recs:
+                    # items/s counts wall time: a chunk's items share it
+                    rec["seconds"] = round(wall / len(recs), 3)
+                    rec["parallel"] = parallel
+                    f.write(json.dumps(rec) + "\n")
+                    print(f"[{row}] {name} {rec['id']} {rec['seconds']:.1f}s rewards="
+                          f"{[None if r is None else round(r, 3) for r in rec['rewards']]}",
+                          file=sys.stderr, flush=True)
                 f.flush()
-                print(f"[{row}] {name} {k + 1}/{len(todo)} {item['id']} {rec['seconds']:.1f}s "
-                      f"rewards={[None if r is None else round(r, 3) for r in rec['rewards']]}",
-                      file=sys.stderr, flush=True)
     rm.close()
 
 
@@ -286,6 +303,8 @@ def main() -> None:
                     help="NAME=N,...: the first N items of each set")
     ap.add_argument("--out", type=Path, default=Path("runs/shootout"))
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per row")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="items scored at once, in as many llama.cpp slots (decoded together)")
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--report", action="store_true", help="print the table of what is there")
     ap.add_argument("--markdown", action="store_true")
@@ -314,7 +333,8 @@ def main() -> None:
     attacks = {a.strip() for a in args.attacks.split(",") if a.strip()} or None
     t0 = time.perf_counter()
     for row in rows:
-        run_row(row, sets, args.out, args.threads, args.max_response_chars, attacks)
+        run_row(row, sets, args.out, args.threads, args.max_response_chars, attacks,
+                args.parallel)
     print(f"done in {time.perf_counter() - t0:.0f} s; peak RSS {peak_rss_mb():.0f} MB",
           file=sys.stderr)
 

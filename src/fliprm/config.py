@@ -109,9 +109,11 @@ class RewardConfig(BaseModel):
                        "fake (scripted dry run)", short="-b")
     model: str | None = opt(None, "model name on the server (openai backend)")
     method: Literal["f1", "likelihood", "pmi"] = opt(
-        "f1", "f1 (the paper: word F1 of the inferred instruction) | likelihood "
-        "(mean log p(instruction | response), teacher-forced) | pmi (likelihood minus the "
-        "instruction's likelihood given an empty response)")
+        "pmi", "pmi (default: the instruction's log-likelihood given the response minus given "
+        "an empty response) | f1 (the paper: word F1 of the inferred instruction) | "
+        "likelihood (mean log p(instruction | response), teacher-forced)")
+    explain: bool = opt(False, "likelihood/pmi: also generate the inferred instruction (the "
+                        "FLIP generation, same cache) and return it beside the reward")
     samples: int = opt(1, "f1: average the reward over this many sampled inferred "
                        "instructions (seeded; needs --temperature > 0)")
     template: str | Template = opt("flip-short", "built-in template family: flip-short "
@@ -127,9 +129,9 @@ class RewardConfig(BaseModel):
         None, "cut longer responses to head (2/3) + tail (1/3) before inference")
     parse_failure: Literal["raw", "zero", "error"] = opt(
         "raw", "unparseable output: raw (reference: F1 on the raw text) | zero | error (None)")
-    mask_echo: bool = opt(False, "mask text copied from the instruction (verbatim or nearly, "
-                          "any length) before backward inference: defends RL rewards against "
-                          "responses that restate the prompt")
+    mask_echo: bool = opt(True, "mask text copied from the instruction (verbatim or nearly, "
+                          "any length) before scoring: defends rewards against responses that "
+                          "restate the prompt (--no-mask-echo turns it off)")
     infer: Literal["user", "system"] = opt("user", "chat items: infer the last user turn, or "
                                            "the system prompt (user turns become context)")
     similarity: str = opt("f1", "similarity of inferred vs true instruction", cli=False)
@@ -272,17 +274,20 @@ class RewardConfig(BaseModel):
         return make_config(cls, {**base, **{k: v for k, v in changes.items() if v is not None}})
 
 
-#: Defaults per use, defined once. ``rl`` is what ``fliprm serve`` and every RL adapter start
-#: from: pmi with the echo guard (bench/README.md: above F1 on IFBench and focus4, and the guard
-#: holds the copy attacks that make raw likelihood trivially hackable, at no IFBench cost);
-#: long responses are cut; on the F1 path a failed parse is a None reward (the trainer skips
-#: the sample) rather than a guess.
+#: Defaults per use, defined once. Every entry point starts from the same reward: pmi with the
+#: echo guard (the field defaults; bench/README.md: above F1 on IFBench and focus4, and the
+#: guard holds the copy attacks that make raw likelihood trivially hackable, at no IFBench
+#: cost). ``rl`` (``fliprm serve``, the RL adapters) differs only in how a trainer wants
+#: failures and long inputs handled: responses cut at 8,000 characters (bounded cost per
+#: sample), and on the F1 path a failed parse is a None reward (the trainer skips the sample)
+#: rather than a guess. ``paper`` is the reference path: F1, reasoning first, unconstrained,
+#: no guard, F1 on the raw text when parsing fails.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "rl": {"method": "pmi", "mask_echo": True, "max_response_chars": 8000,
            "parse_failure": "error", "max_tokens": 256},
-    "paper": {"template": "flip", "constrained": False, "parse_failure": "raw",
-              "max_tokens": 512, "temperature": 0.0},
+    "paper": {"method": "f1", "mask_echo": False, "template": "flip", "constrained": False,
+              "parse_failure": "raw", "max_tokens": 512, "temperature": 0.0},
 }
 
 

@@ -284,7 +284,27 @@ class LikelihoodMethod:
             res.logprob = mean
             res.reward = math.exp(mean)
             res.parse_ok = True
+            await self._explain(runner, item, res)
         return res
+
+    async def _explain(self, runner: Runner, item: Item, res: FlipResult) -> None:
+        """With ``explain``: the FLIP generation beside the score, so a user sees *why* (the
+        instruction the model reads out of the response). It never changes the reward: a
+        generation that fails or does not parse is noted in ``extra["explain_error"]``. The
+        generation sees only the response, so one response scored against many instructions
+        (or a repeated one) is generated once (the engine merges and caches it)."""
+        if not self.config.explain:
+            return
+        gen = await F1Method(self.config)._one(runner, item, self.config.seed)
+        res.prompt_tokens += gen.prompt_tokens
+        res.completion_tokens += gen.completion_tokens
+        res.cached = res.cached and gen.cached
+        if gen.parse_ok and gen.inferred_instruction is not None:
+            res.inferred_instruction = gen.inferred_instruction
+            res.reasoning = gen.reasoning
+            res.extra["inferred_f1"] = gen.reward
+        else:
+            res.extra["explain_error"] = gen.parse_error or gen.error or "no inferred instruction"
 
 
 class PMIMethod(LikelihoodMethod):
@@ -334,6 +354,7 @@ class PMIMethod(LikelihoodMethod):
         res.parse_ok = True
         res.extra["pmi"] = pmi
         res.extra["baseline_logprob"] = base
+        await self._explain(runner, item, res)
         return res
 
 

@@ -172,13 +172,7 @@ class FlipReward:
             self.backend = build_backend(self.config, self.runtime, **(backend_options or {}))
         else:
             self.backend = backend
-        if self.config.method != "f1" and not self.backend.supports_forced_decoding:
-            raise ConfigError(
-                f"method={self.config.method!r} needs teacher forcing or prompt log-probabilities, which "
-                f"backend {self.backend.name!r} does not offer here; use the embedded backend, a "
-                "llama.cpp server (likelihood_mode='forced') or vLLM "
-                "(likelihood_mode='prompt_logprobs')"
-            )
+        self._check_logprobs()
         self.family = self.config.family()
         self.method = get_method(self.config)
         self.constrained = self.config.constrained and self.backend.supports_json_schema
@@ -208,7 +202,19 @@ class FlipReward:
         'fake-eval'
         """
         await self.engine.identify()
+        self._check_logprobs()
         return self.identity()
+
+    def _check_logprobs(self) -> None:
+        """A method that scores log-probabilities on a backend that cannot give them is one
+        error at start, naming the way out; never a silent switch to another reward."""
+        if self.config.method != "f1" and not self.backend.supports_forced_decoding:
+            raise ConfigError(
+                f"method={self.config.method!r} (the default) needs the instruction's "
+                f"log-probabilities, which backend {self.backend.name!r} does not give here "
+                "(hosted APIs and Ollama do not); use --method f1 (method='f1'), or a backend "
+                "that does: the embedded model, a llama.cpp server or vLLM"
+            )
 
     def identify(self) -> dict[str, Any]:
         """Synchronous twin of :meth:`aidentify`."""

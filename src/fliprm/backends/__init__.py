@@ -72,8 +72,9 @@ def build_backend(config: RewardConfig, runtime: RuntimeOptions, **overrides: An
     kind = config.backend_kind
     opts: dict[str, Any] = {}
     if kind in _LOCAL_KINDS:
+        # --concurrency on the embedded model is its number of llama.cpp slots
         opts = {"n_ctx": config.n_ctx, "n_threads": runtime.n_threads,
-                "reuse_prompt_cache": not config.exact}
+                "reuse_prompt_cache": not config.exact, "n_parallel": runtime.concurrency}
     elif kind == "openai":
         opts = {"base_url": runtime.base_url, "api_key": runtime.api_key,
                 "timeout": runtime.timeout, "schema_mode": config.schema_mode,

@@ -130,9 +130,6 @@ class OpenAIBackend:
                               f"{likelihood_mode!r}")
         self._dialect = None if dialect == "auto" else dialect
         self.likelihood_mode = likelihood_mode
-        # Whether the server can score a forced instruction is known only once it is asked; a
-        # server that cannot gets a per-item error naming what it lacks.
-        self.supports_forced_decoding = True
         self.extra_body = dict(extra_body or {})
         self._headers = dict(headers or {})
         if self.api_key:
@@ -148,6 +145,15 @@ class OpenAIBackend:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+
+    @property
+    def supports_forced_decoding(self) -> bool:
+        """Whether this server can score a forced instruction: known once it is asked (see
+        :meth:`identify`); until then assumed, and a server that turns out not to is refused
+        at start by :class:`~fliprm.reward.FlipReward` (the method needs log-probabilities)."""
+        if self.likelihood_mode != "auto" or self._dialect is None:
+            return True
+        return self._dialect in ("llamacpp", "vllm")
 
     @property
     def model_id(self) -> str:
@@ -286,10 +292,10 @@ class OpenAIBackend:
             if mode == "prompt_logprobs":
                 return await self._prompt_logprobs(request)
             if mode != "forced":
-                raise BadResponse(
-                    f"{self.url}: the likelihood method needs llama.cpp's token forcing "
-                    "or prompt log-probabilities (vLLM, SGLang); this server is "
-                    "neither as far as GET /models tells: set likelihood_mode"
+                raise ConfigError(
+                    f"{self.url}: the likelihood and pmi methods need llama.cpp's token forcing "
+                    "or prompt log-probabilities (vLLM, SGLang); this server is neither as far "
+                    "as GET /models tells: use --method f1, or set likelihood_mode"
                 )
             if dialect == "vllm":
                 # vLLM has no llama.cpp token endpoints, and its structured_outputs grammar

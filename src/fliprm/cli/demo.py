@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import typer
@@ -29,10 +30,17 @@ def register(app: typer.Typer) -> None:
     def demo(settings: CliSettings) -> None:
         """Score each built-in answer against its own instruction and an unrelated one."""
         console = Console()
-        console.print("[bold]fliprm demo[/bold]: FLIP infers the instruction behind each answer, "
-                      "then rewards word-F1 with the instruction given.")
-        # The standalone FLIP call sees only the response, so scoring one answer against two
-        # instructions costs one model call: the in-memory cache serves the second.
+        method = settings.config.method
+        how = ("rewards word-F1 between the instruction it infers from the answer and the one "
+               "given" if method == "f1" else
+               f"rewards how much the answer explains the instruction ({method}); it also shows "
+               "the instruction the model infers from the answer")
+        console.print(f"[bold]fliprm demo[/bold]: FLIP reads each answer backwards and {how}.")
+        # The demo explains its numbers: the inferred instruction beside every reward. That
+        # generation sees only the answer, so scoring one answer against two instructions
+        # costs one generation: the in-memory cache serves the second.
+        config = settings.config if method == "f1" else settings.config.updated(explain=True)
+        settings = dataclasses.replace(settings, config=config)
         try:
             rm = settings.reward() if settings.cache else settings.reward(cache=ResponseCache(":memory:"))
         except FlipError as exc:
