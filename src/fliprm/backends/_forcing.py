@@ -23,10 +23,13 @@ from typing import Any
 from .._types import Completion, GenerateRequest
 from ..errors import BadResponse
 
-__all__ = ["forcing_steps"]
+__all__ = ["OPTIONAL", "forcing_steps"]
 
 #: large enough that the forced token always wins, small enough to stay finite in fp16 logits
 _BIAS = 100.0
+#: body key (popped by the drivers) marking a request whose failure is sent back to the
+#: generator as ``{"error": ...}`` instead of raised: it has a fallback
+OPTIONAL = "_fliprm_optional"
 
 Step = tuple[str, dict[str, Any]]
 
@@ -61,6 +64,26 @@ def forcing_steps(
         raise BadResponse("the forced text added no tokens to the prompt")
     logprobs: list[tuple[str, float]] = []
     cached = None
+    # One request first: a grammar of the text's own token ids (llama.cpp's ``<[id]>``) admits
+    # exactly this tokenization, and the server decodes it in its own loop, batched with other
+    # slots' work (measured on one core, 4 concurrent sequences: 2.1x faster than one at a
+    # time; per-token steps gained 1.2x, each step waiting on a round trip). Log-probabilities
+    # are read before the grammar applies, so they are the model's own. A server that does not
+    # take the grammar, or answers with other tokens, falls back to the per-token steps.
+    whole = yield "/v1/completions", {
+        "prompt": ids[:start], "max_tokens": len(ids) - start, "temperature": 0.0,
+        "logprobs": 1, "grammar": "root ::= " + " ".join(f"<[{i}]>" for i in ids[start:]),
+        "cache_prompt": not exact, OPTIONAL: True,
+    }
+    got = _read_all(whole, ids[start:])
+    if got is not None:
+        usage = whole.get("usage") or {}
+        return Completion(
+            text=forced, prompt_tokens=start, completion_tokens=len(got), finish_reason="stop",
+            token_logprobs=[(tokens[start + j][1], lp) for j, lp in enumerate(got)],
+            cached_prompt_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            extra={"forced": "canonical-tokens-grammar"},
+        )
     for k in range(start, len(ids)):
         body = {"prompt": ids[:k], "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
                 "logit_bias": [[ids[k], _BIAS]], "cache_prompt": not (exact and k == start)}
@@ -74,6 +97,18 @@ def forcing_steps(
         finish_reason="stop", token_logprobs=logprobs, cached_prompt_tokens=cached,
         extra={"forced": "canonical-tokens"},
     )
+
+
+def _read_all(reply: Any, ids: list[int]) -> list[float] | None:
+    """The log-probabilities of ``ids`` from a one-request forcing reply, or None when the
+    reply is an error or holds other tokens (then the caller forces token by token)."""
+    try:
+        content = reply["choices"][0]["logprobs"]["content"]
+        if [e.get("id") for e in content] != ids:
+            return None
+        return [float(e["logprob"]) for e in content]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _raw(reply: Any) -> list[Any]:

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
-from ._forcing import forcing_steps
+from ._forcing import OPTIONAL, forcing_steps
 
 __all__ = ["EmbeddedBackend"]
 
@@ -267,8 +267,9 @@ class EmbeddedBackend:
                 while True:
                     path, body = steps.send(reply)
                     if path == "/v1/completions":
+                        optional = body.pop(OPTIONAL, False)
                         reply = self._server.handle_completions({**body, "id_slot": slot})
-                        if isinstance(reply, dict) and "error" in reply:
+                        if isinstance(reply, dict) and "error" in reply and not optional:
                             raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
                     else:
                         reply = await self._local_post(client, path, body)

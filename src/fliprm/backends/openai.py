@@ -36,7 +36,7 @@ from ..errors import (
     ServerError,
 )
 from ._chat import DIALECTS, build_body, read_reply
-from ._forcing import forcing_steps
+from ._forcing import OPTIONAL, forcing_steps
 
 __all__ = ["OpenAIBackend"]
 
@@ -323,7 +323,13 @@ class OpenAIBackend:
         try:
             while True:
                 path, body = steps.send(reply)
-                reply, _ = await self._post(root + path, body)
+                if body.pop(OPTIONAL, False):
+                    try:  # an older llama.cpp without token-id grammars: the steps follow
+                        reply, _ = await self._post(root + path, body)
+                    except BadResponse as exc:
+                        reply = {"error": str(exc)}
+                else:
+                    reply, _ = await self._post(root + path, body)
         except StopIteration as done:
             comp: Completion = done.value
         comp.latency_s = time.perf_counter() - t0
