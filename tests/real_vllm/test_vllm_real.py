@@ -55,7 +55,9 @@ def _requests(server) -> float:
 
 def test_flip_with_json_schema_output(vllm_server):
     before = _requests(vllm_server)
-    rm = FlipReward(backend=f"openai:{vllm_server.name}", base_url=vllm_server.url, max_tokens=96)
+    # F1 by name: the library default is pmi (this test is about JSON-schema generation)
+    rm = FlipReward(backend=f"openai:{vllm_server.name}", base_url=vllm_server.url, max_tokens=96,
+                    method="f1", mask_echo=False)
     res = rm.score(["Name the capital of France.", "Write a haiku about the sea."],
                    [PAIRS[0][1], PAIRS[1][1]])
     rm.close()
