@@ -2,10 +2,15 @@
 
 A method is a strategy object with one coroutine, ``run(runner, item)``. It builds requests,
 asks the runner to generate them (the runner owns the engine, the cache and the cut-to-fit
-logic) and turns completions into a result. :class:`F1Method` is the paper's backward
-inference + word F1 (with ``samples`` > 1: the mean over seeded samples); :class:`LikelihoodMethod`
-teacher-forces the real instruction and scores its mean log-probability.
+logic) and turns completions into a result. :class:`PMIMethod` (the default) scores how much
+the response raises the real instruction's log-probability over an empty response;
+:class:`LikelihoodMethod` teacher-forces the real instruction and scores its mean
+log-probability; :class:`F1Method` is the paper's backward inference + word F1 (with
+``samples`` > 1: the mean over seeded samples). With ``explain``, the likelihood methods also
+run the F1 method's generation and attach its inferred instruction, leaving the reward as is.
 
+>>> get_method(RewardConfig()).name
+'pmi'
 >>> get_method(RewardConfig(method="likelihood")).name
 'likelihood'
 """
@@ -248,7 +253,12 @@ class F1Method:
 
 class LikelihoodMethod:
     """Mean log p(instruction | response), the real instruction teacher-forced as the value of
-    ``INFERRED INSTRUCTION``; reward = exp(mean), the per-token geometric-mean probability."""
+    ``INFERRED INSTRUCTION``; reward = exp(mean), the per-token geometric-mean probability.
+    With ``config.explain`` the result also carries the FLIP generation (see :meth:`_explain`).
+
+    >>> LikelihoodMethod(RewardConfig(method="likelihood", explain=True)).config.explain
+    True
+    """
 
     name = "likelihood"
 
@@ -318,7 +328,10 @@ class PMIMethod(LikelihoodMethod):
     removes that prior (the surface-form correction of zero-shot scoring, Holtzman et al.
     2021). The baseline depends only on the instruction, so a group of responses to one prompt
     (GRPO, best-of-N) shares one baseline call, and rankings within the group are those of the
-    likelihood method.
+    likelihood method. It is the default method (``RewardConfig().method``), with the echo guard.
+
+    >>> PMIMethod(RewardConfig()).name
+    'pmi'
     """
 
     name = "pmi"
@@ -372,5 +385,9 @@ def forced_logprobs(comp: Completion, forced: str) -> list[float]:
 
 
 def get_method(config: RewardConfig) -> Method:
-    """The strategy object for ``config.method``."""
+    """The strategy object for ``config.method`` (``pmi`` by default).
+
+    >>> get_method(RewardConfig(method="f1")).name
+    'f1'
+    """
     return {"f1": F1Method, "likelihood": LikelihoodMethod, "pmi": PMIMethod}[config.method](config)

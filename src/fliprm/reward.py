@@ -1,4 +1,6 @@
-"""The FLIP reward: infer the instruction behind a response, compare it with the real one."""
+"""The FLIP reward: read a response backwards and score how well it explains its instruction
+(by default pmi, the instruction's log-probability given the response minus given an empty one;
+``method="f1"``: infer the instruction and compare it with the real one, as the paper does)."""
 
 from __future__ import annotations
 
@@ -129,18 +131,27 @@ class FlipReward:
         cache: a :class:`ResponseCache`, a path to one, or None.
         backend_options: extra keyword arguments for the backend constructor.
 
-    Defaults: template ``flip-short`` (the instruction only: on the embedded 0.5B model as
-    accurate as the reasoning-first prompt or more, at about half the cost; measured in
-    bench/README.md), greedy, 512 tokens, JSON-constrained. ``RewardConfig.preset("paper")``
-    (``--preset paper``) is the paper's reference path.
+    Defaults, the same for every entry point: method ``pmi`` with the echo guard
+    (``mask_echo=True``), which ranked above F1 on held-out sets (IFBench pairs 1.00 vs 0.86,
+    focus4 0.95 vs 0.75; bench/README.md) and holds the copy attacks. ``explain=True`` adds the
+    FLIP generation (``inferred_instruction``, ``reasoning``, ``extra["inferred_f1"]``) beside
+    the reward without changing it. ``method="f1"`` is the paper's F1 (template ``flip-short``,
+    the instruction only: as accurate as the reasoning-first prompt on the 0.5B model at about
+    half the cost), greedy, 512 tokens, JSON-constrained; ``RewardConfig.preset("paper")``
+    (``--preset paper``) is the paper's reference path. pmi needs the instruction's
+    log-probabilities: a backend that cannot give them (hosted APIs, Ollama) is a
+    :class:`~fliprm.errors.ConfigError` at start naming ``method="f1"``.
 
     Example:
         >>> from fliprm import FlipReward
         >>> rm = FlipReward("fake")
-        >>> rm.config.template, rm.config.method
-        ('flip-short', 'f1')
-        >>> rm = FlipReward()  # doctest: +SKIP
+        >>> rm.config.method, rm.config.mask_echo, rm.config.template
+        ('pmi', True, 'flip-short')
+        >>> FlipReward("fake", method="f1").config.method
+        'f1'
+        >>> rm = FlipReward(explain=True)  # doctest: +SKIP
         >>> r = rm.score(["What is the capital of France?"], ["Paris is the capital."])[0]  # doctest: +SKIP
+        >>> r.reward, r.inferred_instruction  # doctest: +SKIP
     """
 
     def __init__(

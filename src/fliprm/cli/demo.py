@@ -1,4 +1,12 @@
-"""``fliprm demo``: score built-in pairs and show that off-topic answers get lower rewards."""
+"""``fliprm demo``: score built-in pairs and show that off-topic answers get lower rewards.
+
+It scores with the default reward (pmi with the echo guard, or whatever ``--method`` /
+``--preset`` say) and turns ``explain`` on for pmi and likelihood, so every reward comes with
+the instruction the model reads out of the answer::
+
+    fliprm demo                 # pmi + the inferred instructions
+    fliprm demo --method f1     # the paper's F1 (the inferred instruction is the reward's own)
+"""
 
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @reward_options(preset="default", default_cache=False)
     def demo(settings: CliSettings) -> None:
-        """Score each built-in answer against its own instruction and an unrelated one."""
+        """Score each built-in answer against its own instruction and an unrelated one, with
+        the inferred instruction beside each reward (explain is on for pmi and likelihood)."""
         console = Console()
         method = settings.config.method
         how = ("rewards word-F1 between the instruction it infers from the answer and the one "
