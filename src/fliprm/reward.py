@@ -221,7 +221,7 @@ class FlipReward:
         error at start, naming the way out; never a silent switch to another reward."""
         if self.config.method != "f1" and not self.backend.supports_forced_decoding:
             raise ConfigError(
-                f"method={self.config.method!r} (the default) needs the instruction's "
+                f"method={self.config.method!r} needs the instruction's "
                 f"log-probabilities, which backend {self.backend.name!r} does not give here "
                 "(hosted APIs and Ollama do not); use --method f1 (method='f1'), or a backend "
                 "that does: the embedded model, a llama.cpp server or vLLM"
