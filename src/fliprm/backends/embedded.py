@@ -75,8 +75,9 @@ class EmbeddedBackend:
             different slots are decoded together, one batch per step: on a CPU a decode step
             costs about as much for several sequences as for one (weights are read once), so
             concurrent items run ~2.7x (4 slots) to ~3.1x (8 slots) faster on one core
-            (measured 2026-12-06, bench/likelihood_cost.py). Every call, and every teacher-
-            forced sequence as a whole, keeps one slot, so its prefix reuse is its own. With
+            (measured 2026-12-06). llama.cpp gives each call the idle slot whose cached prompt
+            shares the longest prefix with it; the per-token forcing fallback keeps one slot
+            for its whole sequence. With
             ``reuse_prompt_cache=False`` (exact mode) it is 1: a batch's composition changes
             float rounding.
 
@@ -228,10 +229,13 @@ class EmbeddedBackend:
 
     def _call(self, body: dict[str, Any]) -> tuple[Any, float]:
         self.start()
-        with self._slot() as slot:
+        with self._slot():
             t0 = time.perf_counter()
             try:
-                reply = self._server.handle_chat_completions({**body, "id_slot": slot})
+                # no id_slot: llama.cpp gives the idle slot whose cached prompt shares the most
+                # with this one (the system prompt, or a response scored against several
+                # instructions); the pool only keeps one call per slot
+                reply = self._server.handle_chat_completions(body)
             except Exception as exc:  # the runtime's own errors stop here
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
             return reply, time.perf_counter() - t0
@@ -268,7 +272,10 @@ class EmbeddedBackend:
                     path, body = steps.send(reply)
                     if path == "/v1/completions":
                         optional = body.pop(OPTIONAL, False)
-                        reply = self._server.handle_completions({**body, "id_slot": slot})
+                        # the one-request forcing picks its slot as a chat call does; the
+                        # per-token steps keep theirs, each step extending the last one's prefix
+                        reply = self._server.handle_completions(
+                            body if optional else {**body, "id_slot": slot})
                         if isinstance(reply, dict) and "error" in reply and not optional:
                             raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
                     else:
