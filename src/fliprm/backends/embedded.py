@@ -15,8 +15,8 @@ import queue
 import secrets
 import threading
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .._types import Completion, GenerateRequest
