@@ -51,8 +51,8 @@ ITEMS = [
     ("Name the capital of France.", "The capital of France is Paris."),
     ("Give me three tips for sleeping better.",
      "Keep a regular schedule, avoid screens before bed, and keep the bedroom cool."),
-    ("Write a haiku about autumn leaves.", "Red leaves drift and fall / the cold wind hums / "
-     "branches wait for snow"),
+    ("Write a haiku about autumn leaves.",
+     "Red leaves drift and fall / the cold wind hums / branches wait for snow"),
     ("Translate 'good morning' into Spanish.", "Buenos días."),
 ]
 
