@@ -39,7 +39,9 @@ def echo_judge(delay_s: float = 0.0) -> FakeBackend:
 def serve(backend=None, **app_options) -> ServerThread:
     rm = FlipReward(
         backend or echo_judge(), parse_failure="error", template="flip-short", max_retries=0,
-        method="f1",  # the echo judge answers FLIP JSON
+        # the echo judge answers FLIP JSON, and its responses equal their instructions (which
+        # the echo guard would mask)
+        method="f1", mask_echo=False,
     )
     return ServerThread(create_app(rm, **app_options)).start()
 
