@@ -195,3 +195,19 @@ def test_flip_reward_refuses_a_backend_without_logprobs_at_start():
     rm = FlipReward(NoLogprobs(scripted()), method="f1")
     assert rm.score([INSTR], [RESP])[0].reward == 1.0
 
+
+
+def test_demo_shows_why_an_explanation_is_missing(monkeypatch):
+    from fliprm.backends import fake
+
+    def reply(req):
+        return fake._scripted_forcing(req, req.messages[-1]["content"]) if req.forced_text \
+            else "no JSON here"
+
+    monkeypatch.setattr(fake, "scripted_reply", reply)
+    _register()
+    res = CliRunner().invoke(app, ["demo", "-b", "fake"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    # every reward stands; the cell for the inferred instruction says why there is none
+    assert text.count("(no inferred instruction: ") == 6, res.output
