@@ -28,9 +28,32 @@ def test_the_default_tells_the_own_instruction_and_explains_it(embedded_backend)
     assert "inferred_f1" in own.extra and "explain_error" not in own.extra
     # the generation sees only the response: one instruction inferred for both
     assert other.inferred_instruction == own.inferred_instruction
-    # explain never changes the reward
-    (plain,) = FlipReward(embedded_backend).score([INSTR], [RESP])
-    assert plain.reward == pytest.approx(own.reward, abs=1e-9)
+
+
+def _backend(**kw):
+    import os
+
+    from fliprm.backends.embedded import EmbeddedBackend
+    from fliprm.model import default_model_path
+
+    if os.environ.get("FLIPRM_SKIP_MODEL_TESTS") == "1":
+        pytest.skip("FLIPRM_SKIP_MODEL_TESTS=1")
+    try:
+        default_model_path()
+    except Exception:  # noqa: BLE001
+        pytest.skip("embedded model not installed (run scripts/setup.sh)")
+    return EmbeddedBackend(n_ctx=2048, **kw)
+
+
+def test_explain_never_changes_the_reward_on_the_model():
+    """Exact mode (one slot, no prefix reuse): every call is computed alone, so the rewards
+    with and without the explanation must be the same floats. (With slots, concurrent calls
+    share decode batches and differ in the last digits; see the slots test.)"""
+    with FlipReward(_backend(reuse_prompt_cache=False), explain=True) as rm:
+        explained = rm.score([INSTR, OTHER], [RESP, RESP])
+        plain = FlipReward(rm.backend).score([INSTR, OTHER], [RESP, RESP])
+    assert [r.reward for r in explained] == [r.reward for r in plain]
+    assert explained[0].inferred_instruction and plain[0].inferred_instruction is None
 
 
 def test_demo_shows_inferred_instructions_and_wins():
@@ -59,28 +82,19 @@ ITEMS = [
 
 def test_parallel_slots_give_the_rewards_of_one_slot():
     """4 concurrent pmi items through 4 llama.cpp slots against the same items one at a time
-    through one slot. Batched decoding sums floats in another order, so log-probabilities may
-    differ in the last digits; measured on this model (2026-12-06): the largest reward difference
-    is printed below and was far under the tolerance, which sits well below the smallest gap
-    between rewards a ranking depends on here."""
-    from fliprm.backends.embedded import EmbeddedBackend
-    from fliprm.model import default_model_path
-
-    try:
-        default_model_path()
-    except Exception:  # noqa: BLE001
-        pytest.skip("embedded model not installed (run scripts/setup.sh)")
-    import os
-
-    if os.environ.get("FLIPRM_SKIP_MODEL_TESTS") == "1":
-        pytest.skip("FLIPRM_SKIP_MODEL_TESTS=1")
+    through one slot. Calls in slots share decode batches, and a batch of several sequences takes
+    other kernels and summation orders than a batch of one, so log-probabilities differ by more
+    than the last digit: measured on the default model (2026-12-06, two runs, these 4 items) the
+    largest differences were 8.5e-3 and 5.4e-3 in the reward (4.2e-2 nats in the mean pmi; the
+    reward is sigmoid(pmi), slope <= 1/4). TOLERANCE = 0.02 is ~2.4x the largest seen, and 10x
+    below the 0.2 by which the default must tell an answer's own instruction from another."""
     instr, resp = [x for x, _ in ITEMS], [y for _, y in ITEMS]
-    with FlipReward(EmbeddedBackend(n_ctx=2048, n_parallel=4)) as rm:
+    with FlipReward(_backend(n_parallel=4)) as rm:
         assert rm.backend.n_parallel == rm.backend.max_concurrency == 4
         t0 = time.perf_counter()
         together = rm.score(instr, resp)
         t_together = time.perf_counter() - t0
-    with FlipReward(EmbeddedBackend(n_ctx=2048, n_parallel=1)) as rm:
+    with FlipReward(_backend(n_parallel=1)) as rm:
         t0 = time.perf_counter()
         alone = [rm.score([x], [y])[0] for x, y in ITEMS]
         t_alone = time.perf_counter() - t0
