@@ -144,6 +144,24 @@ async def test_trl_logs_the_inferred_instruction_when_the_reward_explains():
     assert logged == {"flip_inferred_instruction": [INSTR]}
 
 
+async def test_verl_and_openrlhf_carry_the_inferred_instruction_when_the_reward_explains():
+    from fliprm.integrations import set_reward
+    from fliprm.integrations._common import FlipSettings
+    from fliprm.integrations.openrlhf import ascore_openrlhf, rewards_payload
+    from fliprm.integrations.verl import compute_score
+
+    set_reward(FlipReward(FakeBackend(scripted()), explain=True, max_retries=0))
+    try:
+        out = await compute_score("src", RESP, INSTR)
+        results = await ascore_openrlhf(["<p>" + RESP], ["<p>"], [INSTR], FlipSettings.from_env())
+    finally:
+        set_reward(None)
+    assert out["flip_inferred_instruction"] == INSTR and out["flip_method"] == "pmi"
+    assert out["score"] == pytest.approx(PMI_REWARD, abs=1e-12)
+    payload = rewards_payload(results, 0.0, "pmi")
+    assert payload["extra_info"]["flip_inferred_instruction"] == [INSTR]
+
+
 async def test_trl_logs_the_inferred_instruction_from_an_explaining_server():
     pytest.importorskip("fastapi")
     from fliprm.integrations.trl import get_flip_reward
