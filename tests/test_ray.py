@@ -148,14 +148,15 @@ def test_embedded_rewards_equal_single_machine_and_resume_redoes_only_missing_sh
     # computed for an earlier prompt (other tests share the fixture's backend) rounds
     # differently from a fresh prefill, and a greedy near-tie can flip (CI saw 0.35 vs 0.57).
     # Same thread count on both sides: llama.cpp's float rounding depends on it too.
-    config = RewardConfig(**SETTINGS, n_ctx=embedded_backend.n_ctx, exact=True)
+    # explain: the default reward (pmi) plus the inferred instruction, so both are compared
+    config = RewardConfig(**SETTINGS, n_ctx=embedded_backend.n_ctx, exact=True, explain=True)
     runtime = RuntimeOptions(n_threads=embedded_backend.n_threads)
     single = FlipReward(config=config, runtime=runtime)
     try:
         expected = single.score(*zip(*PAIRS))
     finally:
         single.close()
-    assert all(r.ok for r in expected)
+    assert all(r.ok and r.inferred_instruction for r in expected)
 
     out = tmp_path / "out"
     written: list[int] = []
