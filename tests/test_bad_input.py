@@ -93,8 +93,14 @@ def judge_reply(req: GenerateRequest) -> str | BadResponse:
     return json.dumps(answer, ensure_ascii=False)
 
 
+#: the echo judge answers FLIP JSON and gives the response back, so reward 1.0 proves the text
+#: arrived intact: the F1 method without the echo guard (instruction == response here), named
+ECHO_F1 = {"method": "f1", "mask_echo": False}
+
+
 def judge_reward() -> FlipReward:
-    return FlipReward(FakeBackend(judge_reply), template=ECHO, parse_failure="error", max_retries=0)
+    return FlipReward(FakeBackend(judge_reply), template=ECHO, parse_failure="error", max_retries=0,
+                      **ECHO_F1)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +124,8 @@ def cli() -> typer.Typer:
 def invoke(args: list[str], **kw: Any) -> tuple[int, str]:
     """Run the CLI in-process: (exit code, output with whitespace collapsed, since rich wraps)."""
     env = {"COLUMNS": "2000", **kw.pop("env", {})}  # rich would break long paths mid-word
+    if args[0] == "score":  # the echo judge's reward (see ECHO_F1)
+        args = [*args, "--method", "f1", "--no-mask-echo"]
     res = CliRunner().invoke(cli(), [str(a) for a in args], env=env, **kw)
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception  # a crash, not an exit: let pytest show the traceback

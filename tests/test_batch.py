@@ -16,7 +16,9 @@ from helpers_fliprm import shown_response
 
 
 def echo_backend():
-    # Infers the response's first line as the instruction: reward 1.0 when they match.
+    # Infers the response's first line as the instruction: reward 1.0 when they match. Its
+    # rewards are the F1 method's, without the echo guard (which would mask a response equal
+    # to its instruction): the tests name both.
     def reply(req):
         resp = shown_response(req).split("\n")[0]
         return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": resp})
@@ -50,7 +52,7 @@ BAD_AND_GOOD = [
 def test_bad_lines_become_error_records_naming_line_and_field(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, BAD_AND_GOOD)
-    s = asyncio.run(score_file(FlipReward(echo_backend()), inp, out))
+    s = asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out))
     recs = {r["line"]: r for r in read_out(out)}
     assert len(read_out(out)) == len(BAD_AND_GOOD) == s.total == len(recs)
     assert recs[1]["reward"] == 1.0 and recs[7]["reward"] == 1.0 and recs[10]["reward"] == 1.0
@@ -70,8 +72,8 @@ def test_an_error_record_cannot_collide_with_a_user_id(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, [{"id": "x", "instruction": "a"}, b"{broken",
                       {"id": "line-2", "instruction": "ok", "response": "ok"}])
-    asyncio.run(score_file(FlipReward(echo_backend()), inp, out))
-    s = asyncio.run(score_file(FlipReward(echo_backend()), inp, out))
+    asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out))
+    s = asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out))
     recs = {r["line"]: r for r in read_out(out)}
     assert recs[3]["id"] == "line-2" and recs[3]["reward"] == 1.0
     assert s.skipped == 3 and len(read_out(out)) == 3
@@ -81,9 +83,9 @@ def test_rerun_skips_finished_ids_and_retry_errors_redoes_failures(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, [{"id": str(i), "instruction": "x", "response": f"r{i}"} for i in range(5)])
     fb = echo_backend()
-    asyncio.run(score_file(FlipReward(fb), inp, out, limit=3))
+    asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp, out, limit=3))
     assert len(fb.calls) == 3
-    s = asyncio.run(score_file(FlipReward(fb), inp, out))
+    s = asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp, out))
     assert len(fb.calls) == 5 and s.skipped == 3 and s.scored == 2
     assert sorted(r["id"] for r in read_out(out)) == ["0", "1", "2", "3", "4"]
 
@@ -94,15 +96,15 @@ def test_rerun_skips_finished_ids_and_retry_errors_redoes_failures(tmp_path):
     # (a column that no row has is one usage error up front: see test_outputs.py)
     write_jsonl(inp2, [{"id": "z", "prompt": "x", "instruction": 7, "response": "x"},
                        {"id": "y", "prompt": "y", "instruction": None, "response": "y"}])
-    s = asyncio.run(score_file(FlipReward(fb), inp2, out2))
+    s = asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp2, out2))
     assert s.errors == 2 and all(r["error"] for r in read_out(out2))
-    s = asyncio.run(score_file(FlipReward(fb), inp2, out2))
+    s = asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp2, out2))
     assert s.scored == 0 and s.errors == 0 and s.errors_before == 2 and s.errors_total == 2
     fixed = Fields(instruction="prompt")
     with pytest.raises(ConfigError, match=r"other settings \(fields.instruction: .instruction. -> "
                        r".prompt.\).*--force"):
-        asyncio.run(score_file(FlipReward(fb), inp2, out2, fields=fixed, retry_errors=True))
-    s = asyncio.run(score_file(FlipReward(fb), inp2, out2, fields=fixed, force=True))
+        asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp2, out2, fields=fixed, retry_errors=True))
+    s = asyncio.run(score_file(FlipReward(fb, method="f1", mask_echo=False), inp2, out2, fields=fixed, force=True))
     assert s.scored == 2 and s.errors_total == 0
     recs = read_out(out2)
     assert len(recs) == 2 and all(r["error"] is None and r["reward"] == 1.0 for r in recs)
@@ -114,9 +116,9 @@ def test_retry_errors_keeps_one_record_per_input_line(tmp_path):
     rows = [{"id": str(i), "instruction": "x", "response": "x"} for i in range(5)]
     rows += [{"id": "1", "instruction": "dup", "response": "dup"}, {"id": "9", "instruction": "x"}]
     write_jsonl(inp, rows)
-    asyncio.run(score_file(FlipReward(echo_backend()), inp, out))
+    asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out))
     assert len(read_out(out)) == 7
-    s = asyncio.run(score_file(FlipReward(echo_backend()), inp, out, retry_errors=True))
+    s = asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out, retry_errors=True))
     recs = read_out(out)
     assert sorted(r["line"] for r in recs) == list(range(1, 8))
     assert s.errors == 2 and s.errors_before == 0 and s.skipped == 5
@@ -147,7 +149,7 @@ def test_csv_and_messages_inputs(tmp_path):
         wr.writerow(["id", "prompt", "answer"])
         wr.writerow(["1", "say hi", "say hi"])
     out = tmp_path / "o.jsonl"
-    asyncio.run(score_file(FlipReward(echo_backend()), inp, out,
+    asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out,
                            fields=Fields(instruction="prompt", response="answer")))
     assert read_out(out)[0]["reward"] == 1.0
 
@@ -155,7 +157,7 @@ def test_csv_and_messages_inputs(tmp_path):
     write_jsonl(inp, [{"id": "m", "messages": [{"role": "user", "content": "hello there"},
                                                {"role": "assistant", "content": "hello there"}]}])
     out = tmp_path / "m.out.jsonl"
-    asyncio.run(score_file(FlipReward(echo_backend()), inp, out))
+    asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, out))
     assert read_out(out)[0]["reward"] == 1.0
 
 
@@ -165,9 +167,9 @@ def test_unwritable_or_full_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     with pytest.raises(OutputError, match="cannot write results"):
-        asyncio.run(score_file(FlipReward(echo_backend()), inp, blocker / "out.jsonl"))
+        asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, blocker / "out.jsonl"))
     # /dev/full fails every write with ENOSPC, like a full disk
     with pytest.raises(OutputError, match="No space left"):
-        asyncio.run(score_file(FlipReward(echo_backend()), inp, "/dev/full"))
+        asyncio.run(score_file(FlipReward(echo_backend(), method="f1", mask_echo=False), inp, "/dev/full"))
     # a device has no sidecar manifest (regression: /dev/full.fliprm.json was created)
     assert not os.path.exists("/dev/full.fliprm.json")

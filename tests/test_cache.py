@@ -17,7 +17,7 @@ GOOD = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Name the capital o
 
 
 def _rm(backend: FakeBackend, path: Path, **kw) -> FlipReward:
-    return FlipReward(backend, cache=path, **kw)
+    return FlipReward(backend, cache=path, **kw, method="f1")
 
 
 def test_second_score_is_a_hit_and_never_calls_the_backend(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ def echo_backend() -> FakeBackend:
 
 
 def f1_reward(fb: FakeBackend | None = None) -> FlipReward:
-    return FlipReward(fb or echo_backend(), method="f1")
+    # the echo guard would mask a response equal to its instruction: off, named
+    return FlipReward(fb or echo_backend(), method="f1", mask_echo=False)
 
 
 def row(i: int) -> dict:
@@ -192,7 +193,7 @@ def test_a_cache_that_cannot_be_created_is_a_miss_not_a_failed_item(tmp_path, ca
     cache = ResponseCache(blocker / "responses.sqlite")
     assert cache.get("k") is None  # no FileExistsError
     fb = echo_backend()
-    rm = FlipReward(fb, method="f1", cache=cache)
+    rm = FlipReward(fb, method="f1", mask_echo=False, cache=cache)
     res = rm.score(["say hi", "say hi"], ["say hi", "say hi"])
     assert [r.reward for r in res] == [1.0, 1.0] and [r.error for r in res] == [None, None]
     warnings = [r for r in caplog.records if "cache" in r.getMessage()]

@@ -22,7 +22,7 @@ PAIRS = [
 ]
 
 def test_inferred_instruction_is_closer_to_the_true_instruction(embedded_backend):
-    rm = FlipReward(embedded_backend, max_tokens=256)
+    rm = FlipReward(embedded_backend, max_tokens=256, method="f1")  # the F1 reward, named
     results = rm.score([x for x, _ in PAIRS], [y for _, y in PAIRS])
     closer = 0
     own_total = other_total = 0.0
@@ -48,7 +48,7 @@ def test_contextual_flip_on_a_real_conversation(embedded_backend):
     answer = "1. Sushi at Tsukiji.\n2. Ramen in Shinjuku.\n3. Tempura in Asakusa."
     # the default family keeps its own contextual twin; the paper's template keeps its own
     for template, contextual in (("flip-short", "flip-short-contextual"), ("flip", "flip-contextual")):
-        rm = FlipReward(embedded_backend, max_tokens=256, template=template)
+        rm = FlipReward(embedded_backend, max_tokens=256, template=template, method="f1")
         (r,) = rm.score([conv], [answer])
         assert r.error is None and r.template == contextual and r.parse_ok, r
         assert 0.0 <= r.reward <= 1.0
@@ -84,9 +84,14 @@ def test_overlong_response_is_cut_to_fit_the_context(embedded_backend):
     from fliprm.backends.embedded import EmbeddedBackend
 
     small = EmbeddedBackend(n_ctx=512)
-    rm = FlipReward(small, max_tokens=48)
+    # F1: one call, so its prompt_tokens is that call's, which must fit
+    rm = FlipReward(small, max_tokens=48, method="f1")
     (r,) = rm.score(["Describe the sea."], ["The sea is vast and blue. " * 300])
     assert r.error is None and r.truncated and r.prompt_tokens <= 512
+    # the default (pmi) cuts it too; its prompt_tokens sum the forced call and the baseline's
+    (r,) = FlipReward(small, max_tokens=48).score(["Describe the sea."],
+                                                  ["The sea is vast and blue. " * 300])
+    assert r.error is None and r.truncated and r.method == "pmi"
     small.close()
 
 
@@ -177,7 +182,9 @@ def test_readme_python_example_gives_plausible_instructions_and_rewards(embedded
     joined = re.sub(r'"\s*\n\s*"', "", block)  # adjacent string literals, as Python joins them
     shown = [(x, y) for x, y in PAIRS if json.dumps(y)[1:-1] in joined and x in joined]
     assert len(shown) >= 2, "the README example must score the demo's pairs"
-    rm = FlipReward(embedded_backend)
+    # the example asks for the explanation: the default reward (pmi) infers nothing otherwise
+    assert "FlipReward(explain=True)" in block
+    rm = FlipReward(embedded_backend, explain=True)
     topics = {PAIRS[0][0]: ("haiku", "poem"), PAIRS[1][0]: ("sleep",), PAIRS[2][0]: ("photosynthesis",)}
     results = rm.score([x for x, _ in shown], [y for _, y in shown])
     for (x, _), r in zip(shown, results):

@@ -176,7 +176,7 @@ def test_parse_better():
 
 async def test_flip_judge_scores_each_candidate(fake_flip):
     fb = fake_flip("Name the capital of France.")
-    j = await FlipJudge(fb).arank(INSTR, ["Paris is the capital.", "Berlin."])
+    j = await FlipJudge(fb, method="f1").arank(INSTR, ["Paris is the capital.", "Berlin."])
     assert j.scores == [1.0, 1.0] and j.tie and j.calls == 2
     # the FLIP prompt carries the response only, never the instruction
     assert all(INSTR not in user_text(c) for c in fb.calls)
@@ -185,7 +185,8 @@ async def test_flip_judge_scores_each_candidate(fake_flip):
 async def test_flip_judge_counts_parse_failures():
     fb = FakeBackend(["not json at all", '{"INFERRED INSTRUCTION": "Name the capital of Spain."}'],
                      max_concurrency=1)
-    j = await FlipJudge(fb, config=RewardConfig(parse_failure="zero")).arank(INSTR, ["x", "y"])
+    cfg = RewardConfig(method="f1", parse_failure="zero")
+    j = await FlipJudge(fb, config=cfg).arank(INSTR, ["x", "y"])
     assert j.parse_failures == 1 and j.scores[0] == 0.0 and j.scores[1] > 0.5 and j.pick == 1
 
 

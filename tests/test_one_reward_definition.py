@@ -78,7 +78,7 @@ def test_env_template_reaches_chat_items_in_the_adapters(monkeypatch):
 @pytest.mark.parametrize("policy", ["raw", "zero", "error"])
 def test_output_cut_at_max_tokens_is_never_parsed(policy):
     fb = FakeBackend(lambda r: Completion(text=CUT, finish_reason="length", completion_tokens=64))
-    (r,) = FlipReward(fb, parse_failure=policy, max_tokens=64).score(
+    (r,) = FlipReward(fb, method="f1", parse_failure=policy, max_tokens=64).score(
         ["Tell me about cats."], ["Cats are small domesticated carnivores."])
     assert r.parse_ok is False and r.inferred_instruction is None
     assert "cut at max_tokens=64" in r.parse_error and "The user asked about cats" in r.parse_error
@@ -94,7 +94,7 @@ def test_a_cut_reply_is_not_cached():
     from fliprm import ResponseCache
 
     fb = FakeBackend(lambda r: Completion(text=CUT, finish_reason="length"))
-    rm = FlipReward(fb, cache=ResponseCache(":memory:"))
+    rm = FlipReward(fb, method="f1", cache=ResponseCache(":memory:"))
     rm.score(["x"], ["y"])
     rm.score(["x"], ["y"])
     assert len(fb.calls) == 2
@@ -112,7 +112,7 @@ def test_cli_score_resume_refuses_other_settings_or_input(tmp_path):
     for extra, what in ((["--template", "flip"], "template"),
                         (["--method", "likelihood"], "method"),
                         (["--max-tokens", "64"], "max_tokens: 512 -> 64"),
-                        (["--mask-echo"], "mask_echo: false -> true")):
+                        (["--no-mask-echo"], "mask_echo: true -> false")):
         res = cli(*base, *extra)
         text = " ".join(res.output.split())
         assert res.exit_code == 2, (extra, res.output)
@@ -214,8 +214,9 @@ def test_cli_extra_body_reaches_the_server_and_the_fingerprint(tmp_path):
     bodies = srv.bodies
     try:
         url = srv.url
+        # the stand-in gives no log-probabilities: the F1 method, named
         res = cli("score", "-i", "x", "-r", "y", "-b", "openai:m", "--base-url", url, "--no-cache",
-                  "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}')
+                  "--method", "f1", "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}')
     finally:
         srv.close()
     assert res.exit_code == 0, res.output
@@ -232,7 +233,8 @@ def test_cli_extra_body_reaches_the_server_and_the_fingerprint(tmp_path):
     (["-b", "nope"], "unknown backend 'nope'"),
     (["--template", "nope"], "unknown template 'nope'"),
     (["--max-response-chars", "0"], "max_response_chars: must be >= 1"),
-    (["--samples", "3"], "samples > 1 needs temperature > 0"),
+    (["--samples", "3", "--method", "f1"], "samples > 1 needs temperature > 0"),
+    (["--samples", "3"], "samples > 1 applies to method='f1'"),
     (["--exact", "-b", "fake"], "exact applies to the embedded model"),
 ])
 def test_cli_bad_settings_are_one_line_errors(args, message):
@@ -261,9 +263,10 @@ def test_fingerprint_covers_every_reward_field_and_no_runtime_field():
     base = RewardConfig(backend="openai:m")
     changes = {"model": "x", "method": "likelihood", "template": "flip", "max_tokens": 7,
                "temperature": 0.5, "seed": 3, "top_p": 0.9, "constrained": False,
-               "max_response_chars": 100, "parse_failure": "error", "mask_echo": True,
+               "max_response_chars": 100, "parse_failure": "error", "mask_echo": False,
                "infer": "system", "extra_body": {"a": 1}, "schema_mode": "off",
-               "likelihood_mode": "forced", "n_ctx": 1024, "contextual_template": "flip-contextual"}
+               "likelihood_mode": "forced", "n_ctx": 1024, "contextual_template": "flip-contextual",
+               "explain": True}
     untested = set(RewardConfig.model_fields) - set(changes) - {"backend", "samples", "exact",
                                                                   "similarity"}
     assert not untested, f"add a fingerprint case for {untested}"
@@ -271,7 +274,7 @@ def test_fingerprint_covers_every_reward_field_and_no_runtime_field():
     for k, v in changes.items():
         fps.add(base.updated(**{k: v}).fingerprint())
     fps.add(RewardConfig(backend="embedded", exact=True).fingerprint())
-    fps.add(RewardConfig(temperature=0.7, samples=3).fingerprint())
+    fps.add(RewardConfig(method="f1", temperature=0.7, samples=3).fingerprint())
     assert len(fps) == len(changes) + 3
     # runtime options never change a fingerprint: they live in another object
     assert not set(RuntimeOptions.model_fields) & set(base.identity())
@@ -284,19 +287,150 @@ def test_presets_are_defined_once_and_valid():
     assert RewardConfig.preset("paper").template == "flip"
 
 
-def test_the_rl_default_is_pmi_with_the_echo_guard_on_every_rl_path(monkeypatch):
-    """bench/README.md's shoot-out set it: pmi beat F1 on IFBench and focus4, and with the
-    echo guard it held every copy attack at <= 0.10 at no IFBench cost. Adapters and the
-    server start from the one preset, and an env var still switches the method."""
-    from fliprm.integrations._common import FlipSettings
+# ---- one default reward for every entry point (issue 20) -----------------------------------------
 
+
+@pytest.fixture
+def built(monkeypatch):
+    """The configs of every FlipReward built during the test: whichever door a user comes
+    through, this is the reward they get. Env settings that would pick another are cleared."""
+    for var in ("FLIPRM_METHOD", "FLIPRM_MASK_ECHO", "FLIPRM_PRESET", "FLIPRM_EXPLAIN"):
+        monkeypatch.delenv(var, raising=False)
+    seen: list[RewardConfig] = []
+    init = FlipReward.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.config)
+
+    monkeypatch.setattr(FlipReward, "__init__", spy)
+    return seen
+
+
+def _is_default(config: RewardConfig) -> bool:
+    return (config.method, config.mask_echo) == ("pmi", True)
+
+
+def test_the_one_default_is_pmi_with_the_echo_guard():
+    """bench/README.md's shoot-out set it: pmi beat F1 on IFBench and focus4, and with the
+    echo guard it held every copy attack at <= 0.10 at no IFBench cost."""
+    assert _is_default(RewardConfig())
+    assert RewardConfig.preset("default") == RewardConfig()
     rl = RewardConfig.preset("rl")
-    assert (rl.method, rl.mask_echo) == ("pmi", True)
-    monkeypatch.delenv("FLIPRM_METHOD", raising=False)
+    # rl differs only in how a trainer wants failures and long inputs handled
+    assert rl == RewardConfig(max_response_chars=8000, parse_failure="error", max_tokens=256)
+    paper = RewardConfig.preset("paper")
+    assert (paper.method, paper.mask_echo, paper.template, paper.constrained,
+            paper.parse_failure) == ("f1", False, "flip", False, "raw")
+
+
+def test_flip_reward_starts_from_the_default(built):
+    rm = FlipReward("fake")
+    assert _is_default(rm.config) and rm.config == RewardConfig(backend="fake")
+    own, other = rm.score(["Say hello to Bob"] * 2, ["Hello Bob, nice to meet you!", "Paris is big."])
+    assert own.method == "pmi" and own.error is None and own.reward > other.reward
+
+
+def test_cli_score_starts_from_the_default_and_flags_change_it(built, tmp_path):
+    inp = jsonl(tmp_path / "in.jsonl", [PAIR])
+    for extra, method, guard in (([], "pmi", True), (["--method", "f1"], "f1", True),
+                                 (["--preset", "paper"], "f1", False)):
+        out = tmp_path / f"out{len(built)}.jsonl"
+        res = cli("score", str(inp), "-o", str(out), "-b", "fake", "--no-cache", *extra)
+        assert res.exit_code == 0, res.output
+        assert (built[-1].method, built[-1].mask_echo) == (method, guard), extra
+        assert records(out)[0]["method"] == method
+    assert built[-1] == RewardConfig.preset("paper", backend="fake")
+
+
+def test_cli_demo_eval_rerank_start_from_the_default(built, tmp_path):
+    res = cli("demo", "-b", "fake")
+    assert res.exit_code == 0, res.output
+    assert built and all(_is_default(c) and c.explain for c in built)
+    # eval and rerank name the method in each judge (flip = F1, flip-pmi, flip-likelihood);
+    # every flip judge starts from the default's other settings (the echo guard on)
+    built.clear()
+    res = cli("eval", "rewardbench2", "--data", str(FIX / "rb2_tiny.jsonl"),
+              "--methods", "flip,flip-pmi", "-o", str(tmp_path / "rb2"), "-b", "fake")
+    assert res.exit_code == 0, res.output
+    assert {c.method for c in built} == {"f1", "pmi"} and all(c.mask_echo for c in built)
+    meta = json.loads((tmp_path / "rb2" / "results.json").read_text())["meta"]["settings"]
+    assert (meta["flip-pmi"]["method"], meta["flip-pmi"]["mask_echo"]) == ("pmi", True)
+    assert (meta["flip"]["method"], meta["flip"]["mask_echo"]) == ("f1", True)
+    built.clear()
+    res = cli("rerank", str(FIX / "bon_tiny.jsonl"), "--methods", "flip,flip-pmi",
+              "-o", str(tmp_path / "bon"), "-b", "fake")
+    assert res.exit_code == 0, res.output
+    assert {c.method for c in built} == {"f1", "pmi"} and all(c.mask_echo for c in built)
+    built.clear()
+    res = cli("rerank", str(FIX / "bon_tiny.jsonl"), "--methods", "flip-pmi", "--preset",
+              "paper", "-o", str(tmp_path / "bon-paper"), "-b", "fake")
+    assert res.exit_code == 0, res.output
+    assert {(c.method, c.mask_echo, c.template) for c in built} == {("pmi", False, "flip")}
+
+
+def test_cli_serve_starts_from_the_default(built, monkeypatch):
+    from test_serve_env import _served_reward
+
+    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache"], {})
+    assert res.exit_code == 0, res.output
+    assert _is_default(rm.config) and rm.config == RewardConfig.preset("rl", backend="fake")
+    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--method", "f1"], {})
+    assert res.exit_code == 0 and (rm.config.method, rm.config.mask_echo) == ("f1", True)
+    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--preset", "paper"], {})
+    assert res.exit_code == 0 and rm.config == RewardConfig.preset("paper", backend="fake")
+
+
+async def test_every_adapter_starts_from_the_default(built, monkeypatch):
+    """Adapters and the server start from the one preset, and an env var still switches the
+    method."""
+    import fliprm.integrations._common as common
+    from fliprm.integrations import set_reward
+    from fliprm.integrations._common import FlipSettings
+    from fliprm.integrations.open_instruct import FlipVerifier
+    from fliprm.integrations.openrlhf import reward_func
+    from fliprm.integrations.trl import get_flip_reward
+    from fliprm.integrations.verl import compute_score
+
+    set_reward(None)
+    monkeypatch.setattr(common, "_scorers", {})  # every adapter builds its own reward here
+    monkeypatch.setenv("FLIPRM_BACKEND", "fake")
+    rl = RewardConfig.preset("rl", backend="fake")
     assert FlipSettings.from_env().config == rl
+    assert get_flip_reward().settings.config == rl
+    own, other = await get_flip_reward()(prompts=["Say hello to Bob"] * 2,
+                                         completions=["Hello Bob, nice to meet you!", "Paris."])
+    assert own > other
+    out = await compute_score("src", "Hello Bob!", "Say hello to Bob")
+    assert out["flip_method"] == "pmi"
+    payload = reward_func(["<p>Hello Bob!"], ["<p>"], ["Say hello to Bob"])
+    assert payload["extra_info"]["flip_method"] == ["pmi"]
+    verdict = await FlipVerifier().async_call([], "Hello Bob!", "Say hello to Bob")
+    assert verdict.reasoning.startswith("pmi")
+    assert built and all(c == rl for c in built)
     monkeypatch.setenv("FLIPRM_METHOD", "f1")
     assert FlipSettings.from_env().config.method == "f1"
-    # the dry-run backend can teacher-force, so `-b fake` runs the RL default end to end
-    rm = FlipReward("fake", config=rl)
-    own, other = rm.score(["Say hello to Bob"] * 2, ["Hello Bob, nice to meet you!", "Paris is big."])
-    assert own.error is None and own.reward > other.reward
+    monkeypatch.setenv("FLIPRM_PRESET", "paper")
+    monkeypatch.delenv("FLIPRM_METHOD")
+    assert FlipSettings.from_env().config == RewardConfig.preset("paper", backend="fake")
+
+
+def test_ray_starts_from_the_default(monkeypatch, tmp_path):
+    import fliprm.scale._ray as ray_scale
+
+    pytest.importorskip("ray")
+    seen: list[RewardConfig] = []
+
+    class Built(Exception):
+        pass
+
+    def reward(*args, config=None, **kwargs):  # stops before a model would be built
+        seen.append(config)
+        raise Built
+
+    monkeypatch.setattr(ray_scale, "FlipReward", reward)
+    with pytest.raises(Built):
+        ray_scale.FlipBatchScorer()
+    with pytest.raises(Built):
+        ray_scale.score_file_ray(jsonl(tmp_path / "in.jsonl", [PAIR]), tmp_path / "out")
+    assert seen == [RewardConfig(), RewardConfig()] and _is_default(seen[0])

@@ -31,7 +31,7 @@ def echo_reward() -> FlipReward:
         resp = shown_response(req).split("\n")[0]
         return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": resp})
 
-    return FlipReward(FakeBackend(reply), config=RewardConfig(method="f1"))
+    return FlipReward(FakeBackend(reply), config=RewardConfig(method="f1", mask_echo=False))
 
 
 ROWS = [
@@ -91,7 +91,7 @@ def test_jsonl_output_is_sorted_by_line_when_items_finish_out_of_order(tmp_path)
                 await asyncio.sleep(0.3)
             return await super().generate(request)
 
-    reward = FlipReward(Slow(reply), config=RewardConfig(method="f1"), concurrency=8)
+    reward = FlipReward(Slow(reply), config=RewardConfig(method="f1", mask_echo=False), concurrency=8)
     inp, out = _jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "s.jsonl"
     asyncio.run(score_file(reward, inp, out))
     assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == [1, 2, 3]

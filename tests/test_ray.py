@@ -129,6 +129,8 @@ def test_fake_backend_rows_match_single_machine_records(local_ray, tmp_path, fak
     assert [r["id"] for r in ray_rows] == [r["id"] for r in single] == ["a", None, "b", "c"]
     volatile = {"latency_s", "model"}
     for a, b in zip(ray_rows, single):
+        if isinstance(a.get("extra"), str):  # parquet keeps the extra dict as JSON text
+            a["extra"] = json.loads(a["extra"])
         assert set(a) - {"extra"} == set(b) - {"extra"}  # same schema
         assert {k: v for k, v in a.items() if k not in volatile and k in b} == \
                {k: v for k, v in b.items() if k not in volatile}
@@ -146,14 +148,15 @@ def test_embedded_rewards_equal_single_machine_and_resume_redoes_only_missing_sh
     # computed for an earlier prompt (other tests share the fixture's backend) rounds
     # differently from a fresh prefill, and a greedy near-tie can flip (CI saw 0.35 vs 0.57).
     # Same thread count on both sides: llama.cpp's float rounding depends on it too.
-    config = RewardConfig(**SETTINGS, n_ctx=embedded_backend.n_ctx, exact=True)
+    # explain: the default reward (pmi) plus the inferred instruction, so both are compared
+    config = RewardConfig(**SETTINGS, n_ctx=embedded_backend.n_ctx, exact=True, explain=True)
     runtime = RuntimeOptions(n_threads=embedded_backend.n_threads)
     single = FlipReward(config=config, runtime=runtime)
     try:
         expected = single.score(*zip(*PAIRS))
     finally:
         single.close()
-    assert all(r.ok for r in expected)
+    assert all(r.ok and r.inferred_instruction for r in expected)
 
     out = tmp_path / "out"
     written: list[int] = []
@@ -194,7 +197,8 @@ def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
     try:
         # Each scorer built with the pool takes the next URL: two actors, two replicas.
         pool = _url_pool(local_ray, urls)
-        config = RewardConfig(backend="openai:m")
+        # the stand-ins answer FLIP JSON and give no log-probabilities: the F1 method, named
+        config = RewardConfig(backend="openai:m", method="f1")
         got = [FlipBatchScorer(config, url_pool=pool).base_url for _ in range(3)]
         assert got == [urls[0], urls[1], urls[0]]
 

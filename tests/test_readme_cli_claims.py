@@ -85,7 +85,8 @@ def test_readme_config_error_example_is_what_the_constructor_raises():
 @pytest.mark.parametrize("cls,kwargs,message", [
     (RewardConfig, {"max_response_chars": 0}, "max_response_chars: must be >= 1"),
     (RewardConfig, {"nope": 1}, "nope: "),
-    (RewardConfig, {"samples": 3}, "samples > 1 needs temperature > 0"),
+    (RewardConfig, {"samples": 3, "method": "f1"}, "samples > 1 needs temperature > 0"),
+    (RewardConfig, {"samples": 3}, "samples > 1 applies to method='f1'"),
     (RuntimeOptions, {"max_retries": -1}, "max_retries: must be >= 0"),
 ])
 def test_config_constructors_raise_config_error(cls, kwargs, message):

@@ -19,7 +19,7 @@ def flip_json(instr, reasoning="because"):
 
 
 def test_reward_is_f1_of_inferred_against_true_instruction(fake_flip):
-    rm = FlipReward(fake_flip("What is the capital of France?"))
+    rm = FlipReward(fake_flip("What is the capital of France?"), method="f1")
     (r,) = rm.score(["Identify the capital of France and the city known for the Eiffel Tower."], ["Paris."])
     assert r.reward == pytest.approx(0.4) and r.precision == pytest.approx(0.6)
     assert r.recall == pytest.approx(0.3) and r.parse_ok and r.error is None
@@ -27,8 +27,17 @@ def test_reward_is_f1_of_inferred_against_true_instruction(fake_flip):
 
 
 def test_default_request_and_the_paper_preset(fake_flip):
+    # the default reward (pmi) teacher-forces the instruction after the response, then after
+    # an empty one (the baseline)
+    fb = FakeBackend()
+    (r,) = FlipReward(fb).score(["x"], ["the response {response} {{ }}"])
+    assert r.method == "pmi" and r.error is None and len(fb.calls) == 2
+    assert [c.forced_text for c in fb.calls] == ["x", "x"] and fb.calls[0].temperature == 0.0
+    assert "the response {response} {{ }}" in fb.calls[0].messages[1]["content"]
+    assert "the response" not in fb.calls[1].messages[1]["content"]
+    # the F1 method's request: greedy, flip-short's schema
     fb = fake_flip()
-    FlipReward(fb).score(["x"], ["the response {response} {{ }}"])
+    FlipReward(fb, method="f1").score(["x"], ["the response {response} {{ }}"])
     req = fb.calls[0]
     assert req.temperature == 0.0 and req.max_tokens == 512
     assert [m["role"] for m in req.messages] == ["system", "user"]
@@ -47,7 +56,7 @@ def test_default_request_and_the_paper_preset(fake_flip):
     "policy,reward,error", [("raw", 1.0, None), ("zero", 0.0, None), ("error", None, "parse failure")]
 )
 def test_parse_failure_policies(policy, reward, error):
-    rm = FlipReward(FakeBackend(lambda r: "name the capital of france"), parse_failure=policy)
+    rm = FlipReward(FakeBackend(lambda r: "name the capital of france"), parse_failure=policy, method="f1")
     (r,) = rm.score(["Name the capital of France"], ["Paris"])
     assert r.parse_ok is False and r.parse_error
     assert r.reward == reward
@@ -67,7 +76,7 @@ def test_parse_failure_policies(policy, reward, error):
 )
 def test_bad_items_get_error_results_and_the_batch_goes_on(fake_flip, instruction, response, msg):
     fb = fake_flip("Say hi")
-    res = FlipReward(fb).score(["Say hi", instruction, "Say hi"], ["Hi!", response, "Hello!"])
+    res = FlipReward(fb, method="f1").score(["Say hi", instruction, "Say hi"], ["Hi!", response, "Hello!"])
     assert [r.error is None for r in res] == [True, False, True]
     assert msg in res[1].error and "item 1" in res[1].error and res[1].reward is None
     assert len(fb.calls) == 2
@@ -81,7 +90,7 @@ def test_messages_last_user_turn_is_the_instruction_and_earlier_turns_the_contex
         {"role": "user", "content": "Now in French,\nover two lines"},
         {"role": "assistant", "content": "Chat."},
     ]
-    (r,) = FlipReward(fb).score([conv])
+    (r,) = FlipReward(fb, method="f1").score([conv])
     assert r.reward == pytest.approx(1.0)  # the whole multi-line turn, not its first line
     assert r.template == "flip-short-contextual"
     user = fb.calls[0].messages[1]["content"]
@@ -94,7 +103,7 @@ def test_chat_items_keep_the_chosen_template_family(fake_flip, template, context
     # Regression: --template flip-short was replaced by flip-contextual (reasoning first) on
     # every item with a system prompt or earlier turns; with --max-tokens 64 the JSON was cut.
     fb = fake_flip("Now in French")
-    rm = FlipReward(fb, template=template, max_tokens=64)
+    rm = FlipReward(fb, template=template, max_tokens=64, method="f1")
     sys_item = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Now in French"}, {"role": "assistant", "content": "Chat."}]
     plain, ctx, sys_ = rm.score(["Now in French", [{"role": "user", "content": "Hi"},
@@ -110,7 +119,7 @@ def test_chat_items_keep_the_chosen_template_family(fake_flip, template, context
 
 def test_a_template_without_a_context_twin_refuses_chat_items_instead_of_switching(fake_flip):
     t = Template(name="mine", system="Infer.", user="[Response]\n{response}\nJSON please.")
-    rm = FlipReward(fake_flip("x"), template=t)
+    rm = FlipReward(fake_flip("x"), template=t, method="f1")
     ok, chat = rm.score(["x", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                                {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]],
                         ["y", None])
@@ -121,26 +130,26 @@ def test_a_template_without_a_context_twin_refuses_chat_items_instead_of_switchi
 def test_system_prompt_mode_infers_the_system_prompt(fake_flip):
     fb = fake_flip("You are a pirate")
     conv = [{"role": "system", "content": "You are a pirate"}, {"role": "user", "content": "Hi"}]
-    (r,) = FlipReward(fb, infer="system").score([conv], ["Arr!"])
+    (r,) = FlipReward(fb, infer="system", method="f1").score([conv], ["Arr!"])
     assert r.reward == pytest.approx(1.0) and "user: Hi" in fb.calls[0].messages[1]["content"]
 
 
 def test_transient_errors_are_retried_and_permanent_ones_are_not():
     replies = [BackendUnavailable("down"), RateLimited("slow", retry_after=0.01), flip_json("Say hi")]
     fb = FakeBackend(replies)
-    rm = FlipReward(fb)
+    rm = FlipReward(fb, method="f1")
     rm.engine.backoff_s = 0.001
     (r,) = rm.score(["Say hi"], ["Hi"])
     assert r.reward == 1.0 and len(fb.calls) == 3 and rm.engine.stats.retries == 2
 
     fb = FakeBackend([BadResponse("400 bad request")])
-    (r,) = FlipReward(fb).score(["Say hi"], ["Hi"])
+    (r,) = FlipReward(fb, method="f1").score(["Say hi"], ["Hi"])
     assert r.reward is None and "BadResponse" in r.error and len(fb.calls) == 1
 
 
 def test_retries_give_up_with_an_error_result():
     fb = FakeBackend(lambda req: BackendUnavailable("connection refused"))
-    rm = FlipReward(fb, max_retries=2)
+    rm = FlipReward(fb, max_retries=2, method="f1")
     rm.engine.backoff_s = 0.001
     (r,) = rm.score(["Say hi"], ["Hi"])
     assert r.reward is None and "connection refused" in r.error and len(fb.calls) == 3
@@ -148,14 +157,14 @@ def test_retries_give_up_with_an_error_result():
 
 def test_total_timeout_bounds_a_call():
     fb = FakeBackend(lambda req: flip_json("x"), delay_s=1.0)
-    (r,) = FlipReward(fb, total_timeout=0.05).score(["x"], ["y"])
+    (r,) = FlipReward(fb, total_timeout=0.05, method="f1").score(["x"], ["y"])
     assert r.reward is None and "BackendTimeout" in r.error
 
 
 def test_cache_serves_repeats_and_never_stores_failures(tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite")
     fb = FakeBackend([flip_json("Say hi"), "garbage", flip_json("Say bye")])
-    rm = FlipReward(fb, cache=cache)
+    rm = FlipReward(fb, cache=cache, method="f1")
     first = rm.score(["Say hi"], ["Hi"])[0]
     again = rm.score(["Say hello"], ["Hi"])[0]  # same response, other instruction: no call
     assert not first.cached and again.cached and len(fb.calls) == 1
@@ -167,7 +176,7 @@ def test_cache_serves_repeats_and_never_stores_failures(tmp_path):
 
 def test_identical_requests_in_flight_share_one_call():
     fb = FakeBackend(lambda req: flip_json("Say hi"), delay_s=0.05)
-    res = FlipReward(fb).score(["Say hi"] * 4 + ["Say bye"], ["Hi"] * 4 + ["Bye"])
+    res = FlipReward(fb, method="f1").score(["Say hi"] * 4 + ["Say bye"], ["Hi"] * 4 + ["Bye"])
     assert len(fb.calls) == 2 and all(r.reward is not None for r in res)
 
 
@@ -186,7 +195,7 @@ def test_results_keep_input_order_under_concurrency():
 
     fb.generate = jittery
     words = [f"word{i}" for i in range(30)]
-    res = FlipReward(fb, max_concurrency=8).score(words, words)
+    res = FlipReward(fb, max_concurrency=8, method="f1").score(words, words)
     assert [r.inferred_instruction for r in res] == words
 
 
@@ -203,7 +212,7 @@ def test_likelihood_reward_is_geometric_mean_token_probability():
 
 def test_truncation_marks_the_result(fake_flip):
     fb = fake_flip()
-    (r,) = FlipReward(fb, max_response_chars=100).score(["x"], ["a" * 1000])
+    (r,) = FlipReward(fb, max_response_chars=100, method="f1").score(["x"], ["a" * 1000])
     assert r.truncated and "[...]" in fb.calls[0].messages[1]["content"]
 
 
@@ -216,7 +225,7 @@ def test_bad_options_raise_config_error(kwargs, fake_flip):
 
 
 def test_sync_score_works_inside_a_running_loop(fake_flip):
-    rm = FlipReward(fake_flip("Say hi"))
+    rm = FlipReward(fake_flip("Say hi"), method="f1")
 
     async def inside():
         return rm.score(["Say hi"], ["Hi"])[0].reward
@@ -228,29 +237,29 @@ def test_mask_echo_hides_a_restated_instruction_from_the_judge(fake_flip):
     fb = fake_flip()
     instr = "Write a short poem about the sea in exactly five lines."
     hacked = "You asked me to write a short poem about the sea in exactly five lines. Bananas."
-    (r,) = FlipReward(fb, mask_echo=True).score([instr], [hacked])
+    (r,) = FlipReward(fb, method="f1").score([instr], [hacked])  # on by default
     sent = fb.calls[0].messages[-1]["content"]
     assert "poem about the sea" not in sent and "[...]" in sent and "Bananas." in sent
     assert r.extra["echo_masked_words"] >= 10
-    FlipReward(fb).score([instr], [hacked])  # off by default
+    FlipReward(fb, method="f1", mask_echo=False).score([instr], [hacked])
     assert "poem about the sea" in fb.calls[1].messages[-1]["content"]
 
 
 def test_multi_sample_f1_averages_seeded_samples_and_reports_the_spread():
     answers = {5: "Name the capital of France.", 6: "Name a city.", 7: "Name the capital of Spain."}
     fb = FakeBackend(lambda r: flip_json(answers[r.seed]))
-    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5)
+    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5, method="f1")
     (r,) = rm.score(["Name the capital of France."], ["Paris."])
     assert sorted(c.seed for c in fb.calls) == [5, 6, 7]
     assert all(c.temperature == 0.7 for c in fb.calls)
-    singles = [FlipReward(FakeBackend(lambda r, a=a: flip_json(a))).score(
+    singles = [FlipReward(FakeBackend(lambda r, a=a: flip_json(a)), method="f1").score(
         ["Name the capital of France."], ["Paris."])[0].reward for a in answers.values()]
     assert r.reward == pytest.approx(sum(singles) / 3)
     assert r.extra["sample_rewards"] == pytest.approx(singles)
     assert r.extra["reward_std"] > 0 and len(r.extra["sample_instructions"]) == 3
     # seeded samples are deterministic, so they are cached like greedy calls
     cache = ResponseCache(":memory:")
-    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5, cache=cache)
+    rm = FlipReward(fb, samples=3, temperature=0.7, seed=5, cache=cache, method="f1")
     rm.score(["x"], ["y"])
     n = len(fb.calls)
     rm.score(["x"], ["y"])

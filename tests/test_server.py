@@ -39,7 +39,9 @@ def echo_judge(delay_s: float = 0.0) -> FakeBackend:
 def serve(backend=None, **app_options) -> ServerThread:
     rm = FlipReward(
         backend or echo_judge(), parse_failure="error", template="flip-short", max_retries=0,
-        method="f1",  # the echo judge answers FLIP JSON
+        # the echo judge answers FLIP JSON, and its responses equal their instructions (which
+        # the echo guard would mask)
+        method="f1", mask_echo=False,
     )
     return ServerThread(create_app(rm, **app_options)).start()
 
@@ -317,7 +319,8 @@ def test_cli_serve_bad_settings_are_one_line_errors(monkeypatch, args, message):
 
 @pytest.mark.model
 def test_real_model_scores_through_the_server(embedded_backend):
-    rm = FlipReward(embedded_backend, max_tokens=96, template="flip-short", parse_failure="error")
+    rm = FlipReward(embedded_backend, max_tokens=96, template="flip-short", parse_failure="error",
+                    method="f1")  # the generation's fields are checked: the F1 method, named
     with ServerThread(create_app(rm)) as srv:
         r = httpx.post(
             srv.url + "/v1/score",
@@ -380,8 +383,9 @@ def test_openrlhf_http_against_real_fliprm_serve_cli(embedded_backend, tmp_path)
         text = httpx.get(url + "/metrics").text
         assert _metric(text, "fliprm_items_total") == 1
         # the RL default is pmi: the instruction teacher-forced after the response, and once
-        # more after an empty response (its baseline; memoised per instruction)
-        assert _metric(text, "fliprm_backend_calls_total") == 2
+        # more after an empty response (its baseline; memoised per instruction); before them,
+        # serve asked the judge server what it serves (GET /models: can it give log-probs?)
+        assert _metric(text, "fliprm_backend_calls_total") == 3
     finally:
         proc.terminate()
         proc.wait(30)

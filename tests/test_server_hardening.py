@@ -51,6 +51,9 @@ def echo_judge(delay_s: float = 0.0, max_concurrency: int = 8) -> FakeBackend:
 
 
 def make_reward(backend: Any = None, **options: Any) -> FlipReward:
+    # the echo judge's reward: F1, without the echo guard (it would mask a response equal to
+    # its instruction) unless a test turns it on
+    options = {"method": "f1", "mask_echo": False, **options}
     return FlipReward(backend or echo_judge(), parse_failure="error", template="flip-short",
                       max_retries=0, **options)
 
@@ -226,7 +229,8 @@ class PoisonReward(FlipReward):
 
 
 def test_a_scoring_call_that_raises_fails_only_its_item_not_the_micro_batch():
-    rm = PoisonReward(echo_judge(), parse_failure="error", template="flip-short", max_retries=0)
+    rm = PoisonReward(echo_judge(), parse_failure="error", template="flip-short", max_retries=0,
+                      method="f1", mask_echo=False)
     srv = ServerThread(create_app(rm, max_wait_ms=50)).start()
 
     async def main() -> list[httpx.Response]:

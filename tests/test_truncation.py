@@ -55,7 +55,7 @@ def test_truncation_properties(text: str, limit: int) -> None:
 
 def test_flip_reward_marks_and_sends_the_truncated_response() -> None:
     fb = FakeBackend(lambda req: REPLY)
-    rm = FlipReward(fb, max_response_chars=120)
+    rm = FlipReward(fb, max_response_chars=120, method="f1")
     middle = "MIDDLE-SECRET"
     long_resp = "A" * 200 + middle + "Z" * 200
     short, long_ = rm.score(["Write an essay.", "Write an essay."], ["Short answer.", long_resp])
@@ -97,7 +97,7 @@ def test_response_longer_than_the_context_is_cut_to_fit(embedded_backend) -> Non
         for i in range(120)
     ]
     response = " ".join(sentences)  # ~8,500 characters, well over 1,024 tokens
-    rm = FlipReward(backend, template="flip-short", max_tokens=32)
+    rm = FlipReward(backend, template="flip-short", max_tokens=32, method="f1")
     try:
         (r,) = rm.score(["Write a long recipe for tomato sauce."], [response])
         assert backend.count_tokens(response) > 1024

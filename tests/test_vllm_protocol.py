@@ -226,7 +226,7 @@ def test_f1_reasoning_recut_on_vllm_continues_the_json_prefix():
     srv = StandIn(reply)
     try:
         rm = FlipReward(OpenAIBackend(base_url=srv.url, model="qwen05"), template="flip",
-                        max_retries=0)
+                        max_retries=0, method="f1")
         (r,) = rm.score(["What is the capital of France?"], ["The capital of France is Paris."])
         rm.close()
     finally:
@@ -245,7 +245,7 @@ def test_f1_reasoning_recut_on_vllm_continues_the_json_prefix():
 
 
 def test_f1_with_json_schema_on_vllm(vllm):
-    rm = FlipReward(OpenAIBackend(base_url=vllm.url, model="qwen05"), max_retries=0)
+    rm = FlipReward(OpenAIBackend(base_url=vllm.url, model="qwen05"), max_retries=0, method="f1")
     (r,) = rm.score(["Write a sentence about Paris."], ["The capital of France is Paris."])
     rm.close()
     (body,) = vllm.bodies

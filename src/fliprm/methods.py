@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from ._types import FLIP_REASONING_MAX_CHARS, Completion, GenerateRequest
 from .config import RewardConfig
+from .errors import BackendError
 from .parse import clean_output, parse_flip
 from .result import FlipResult
 from .similarity import F1, get_similarity
@@ -305,7 +306,12 @@ class LikelihoodMethod:
         (or a repeated one) is generated once (the engine merges and caches it)."""
         if not self.config.explain:
             return
-        gen = await F1Method(self.config)._one(runner, item, self.config.seed)
+        try:
+            gen = await F1Method(self.config)._one(runner, item, self.config.seed)
+        except BackendError as exc:
+            # the engine already retried it; the reward stands without its explanation
+            res.extra["explain_error"] = f"{type(exc).__name__}: {exc}"
+            return
         res.prompt_tokens += gen.prompt_tokens
         res.completion_tokens += gen.completion_tokens
         res.cached = res.cached and gen.cached

@@ -51,7 +51,9 @@ def echo_judge(req) -> str:
 
 
 def echo_reward() -> FlipReward:
-    return FlipReward(FakeBackend(echo_judge), method="f1", parse_failure="error", max_retries=0)
+    # the echo guard would mask the label words the responses repeat: off, named
+    return FlipReward(FakeBackend(echo_judge), method="f1", mask_echo=False, parse_failure="error",
+                      max_retries=0)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..cache import ResponseCache
 from ..errors import FlipError
+from ..result import FlipResult
 from ._config_options import CliSettings, fail, reward_options
 
 PAIRS = [
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
             reward = "error" if r.reward is None else f"{r.reward:.3f}"
             table.add_row(
                 resp[j].splitlines()[0][:40] + "...", f"{kind[j]}:\n{instr[j]}",
-                _clip(r.inferred_instruction or (r.error or r.parse_error or "")), reward,
+                _clip(r.inferred_instruction or r.error or r.parse_error or _why_none(r)), reward,
             )
         console.print(table)
         console.print(
@@ -84,6 +85,12 @@ def register(app: typer.Typer) -> None:
         rm.close()
         if any(r.error for r in results):
             raise typer.Exit(1)
+
+
+def _why_none(r: FlipResult) -> str:
+    # a reward without its explanation still stands; the cell says why it has none
+    why = r.extra.get("explain_error")
+    return f"(no inferred instruction: {why})" if why else ""
 
 
 def _clip(text: str, limit: int = 200) -> str:

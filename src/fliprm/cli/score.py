@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..batch import Fields, Summary, score_file
-from ..errors import FlipError
+from ..errors import BackendError, FlipError
 from ._config_options import CliSettings, err, fail, reward_options
 from ._eval_common import HfConfigOpt, SplitOpt
 from ._progress import MetricsOpt, RunProgress
@@ -184,6 +184,10 @@ def register(app: typer.Typer) -> None:
         spooled = None
         try:
             if single:
+                try:  # a server that cannot give what the method needs is one error at start
+                    reward.identify()
+                except BackendError:
+                    pass  # an unreachable judge: the item's error says so, as for any call
                 res = reward.score([instruction], [response], [context])[0]
                 print(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
                 raise typer.Exit(1 if res.error else 0)

@@ -10,7 +10,7 @@ import typer
 
 from ..cache import ResponseCache
 from ..config import ServerOptions
-from ..errors import FlipError
+from ..errors import BackendError, FlipError
 from ._config_options import CliSettings, fail, reward_options, server_options
 
 
@@ -66,6 +66,10 @@ def register(app: typer.Typer) -> None:
             cache = (ResponseCache(settings.cache, max_entries=cache_max_entries)
                      if settings.cache is not None else None)
             reward = settings.reward(cache=cache)
+            try:  # a judge that cannot give what the method needs: one error, before listening
+                reward.identify()
+            except BackendError:
+                pass  # not reachable yet (a vLLM still loading): /health and each item say so
         except FlipError as exc:
             fail(str(exc))
         try:  # before listening: never healthy over a model that does not load

@@ -37,7 +37,7 @@ class FlipJudge:
     Example:
         >>> from fliprm.backends.fake import FakeBackend
         >>> fb = FakeBackend(lambda r: '{"INFERRED INSTRUCTION": "Say hi."}')
-        >>> asyncio.run(FlipJudge(fb).arank("Say hi.", ["hi"])).scores
+        >>> asyncio.run(FlipJudge(fb, method="f1").arank("Say hi.", ["hi"])).scores
         [1.0]
     """
 
