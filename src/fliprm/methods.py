@@ -17,12 +17,14 @@ run the F1 method's generation and attach its inferred instruction, leaving the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import re
 import statistics
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -265,9 +267,20 @@ class LikelihoodMethod:
 
     def __init__(self, config: RewardConfig) -> None:
         self.config = config
+        self._same_prompt = KeyedLocks()
 
     async def _mean_logprob(self, runner: Runner, item: Item) -> tuple[FlipResult, float | None]:
-        """A result carrying the cost of one forced call, and the instruction's mean logprob."""
+        """A result carrying the cost of one forced call, and the instruction's mean logprob.
+
+        Calls that share a response (one answer scored against several instructions) run one
+        after another: the second then starts from the KV state of the first's prompt (system
+        prompt + response) instead of reading the response again in another slot. (Baselines,
+        with an empty response, share only the system prompt: they go through unqueued.)
+        """
+        async with self._same_prompt.hold((item.template.sha256, item.context, item.response)):
+            return await self._forced(runner, item)
+
+    async def _forced(self, runner: Runner, item: Item) -> tuple[FlipResult, float | None]:
         forced = json.dumps(item.instruction, ensure_ascii=False)[1:-1]
         cfg = self.config
 
@@ -357,7 +370,7 @@ class PMIMethod(LikelihoodMethod):
         if base is None:
             # concurrent items with one instruction also share the call: the engine merges
             # identical requests in flight
-            null, base = await self._mean_logprob(runner, replace(item, response=""))
+            null, base = await self._forced(runner, replace(item, response=""))
             res.prompt_tokens += null.prompt_tokens
             res.completion_tokens += null.completion_tokens
             res.cached = res.cached and null.cached
@@ -375,6 +388,37 @@ class PMIMethod(LikelihoodMethod):
         res.extra["baseline_logprob"] = base
         await self._explain(runner, item, res)
         return res
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key and event loop, dropped when nobody holds or waits.
+
+    >>> import asyncio
+    >>> locks = KeyedLocks()
+    >>> async def twice():
+    ...     async with locks.hold("a"):
+    ...         return len(locks._locks)
+    >>> asyncio.run(twice()), len(locks._locks)
+    (1, 0)
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[int, Any], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        k = (id(asyncio.get_running_loop()), key)
+        lock, users = self._locks.get(k) or (asyncio.Lock(), 0)
+        self._locks[k] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[k]
+            if users == 1:
+                del self._locks[k]
+            else:
+                self._locks[k] = (lock, users - 1)
 
 
 def forced_logprobs(comp: Completion, forced: str) -> list[float]:
