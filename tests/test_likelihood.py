@@ -108,3 +108,32 @@ def test_likelihood_is_deterministic_and_cached(embedded_backend, tmp_path) -> N
     assert not a.cached and b.cached
     assert b.reward == pytest.approx(a.reward)
     rm.engine.cache.close()
+
+
+@pytest.mark.model
+def test_a_llamacpp_server_forces_the_instruction_in_one_grammar_request(embedded_backend) -> None:
+    """Over HTTP the whole instruction is forced in one request (a grammar of its own token
+    ids), with the same log-probabilities as the in-process per-token steps."""
+    from fliprm.backends.openai import OpenAIBackend
+
+    pair = (["Give me three tips for sleeping better."],
+            ["Keep a regular sleep schedule, avoid screens late, and keep the room dark."])
+    completions: list[str] = []
+
+    class Counting(OpenAIBackend):
+        async def _post(self, url, body, *a, **kw):  # type: ignore[no-untyped-def]
+            if url.endswith("/v1/completions"):
+                completions.append(url)
+            return await super()._post(url, body, *a, **kw)
+
+    http = Counting(base_url=embedded_backend.http_url, api_key=embedded_backend.api_key,
+                    dialect="llamacpp", likelihood_mode="forced")
+    rm_http = FlipReward(http, method="likelihood", mask_echo=False)
+    (over_http,) = rm_http.score(*pair)
+    rm_http.close()
+    (local,) = FlipReward(embedded_backend, method="likelihood", mask_echo=False).score(*pair)
+    assert over_http.error is None and local.error is None, (over_http.error, local.error)
+    # one completion request for the whole instruction, not one per token
+    assert over_http.extra["forced_tokens"] == local.extra["forced_tokens"] > 5
+    assert len(completions) == 1
+    assert over_http.logprob == pytest.approx(local.logprob, abs=0.02)

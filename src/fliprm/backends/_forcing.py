@@ -35,13 +35,14 @@ Step = tuple[str, dict[str, Any]]
 
 
 def forcing_steps(
-    request: GenerateRequest, *, exact: bool = False
+    request: GenerateRequest, *, exact: bool = False, one_request: bool = True
 ) -> Generator[Step, Any, Completion]:
     """Yield llama.cpp server requests; return a Completion whose ``token_logprobs`` are the
     forced text's tokens with their log-probabilities (``text`` is the forced text).
 
     ``exact``: the first step reprocesses the whole prompt (no reuse of another item's
-    prefix), so the result does not depend on the request before it.
+    prefix), so the result does not depend on the request before it. ``one_request``: try the
+    whole text in one grammar-forced request first (see below).
     """
     forced = request.forced_text or ""
     messages = [dict(m) for m in request.messages]
@@ -64,18 +65,20 @@ def forcing_steps(
         raise BadResponse("the forced text added no tokens to the prompt")
     logprobs: list[tuple[str, float]] = []
     cached = None
-    # One request first: a grammar of the text's own token ids (llama.cpp's ``<[id]>``) admits
-    # exactly this tokenization, and the server decodes it in its own loop, batched with other
-    # slots' work (measured on one core, 4 concurrent sequences: 2.1x faster than one at a
-    # time; per-token steps gained 1.2x, each step waiting on a round trip). Log-probabilities
-    # are read before the grammar applies, so they are the model's own. A server that does not
-    # take the grammar, or answers with other tokens, falls back to the per-token steps.
-    whole = yield "/v1/completions", {
+    # Over HTTP, one request first: a grammar of the text's own token ids (llama.cpp's
+    # ``<[id]>``) admits exactly this tokenization and the server decodes it in its own loop,
+    # so a remote llama-server costs one round trip instead of one per token. Log-probabilities
+    # are read before the grammar applies, so they are the model's own (measured: identical to
+    # the per-token steps). A server that does not take the grammar, or answers with other
+    # tokens, falls back to the steps. In-process there is no round trip to save and the
+    # grammar's sampling costs a little (bench/slots.py, one core: 286 tokens in 25.2 s vs
+    # 23.4 s one at a time, 12.5 s vs 10.8 s in 4 slots), so the embedded backend steps.
+    whole = None if not one_request else (yield "/v1/completions", {
         "prompt": ids[:start], "max_tokens": len(ids) - start, "temperature": 0.0,
         "logprobs": 1, "grammar": "root ::= " + " ".join(f"<[{i}]>" for i in ids[start:]),
         "cache_prompt": not exact, OPTIONAL: True,
-    }
-    got = _read_all(whole, ids[start:])
+    })
+    got = None if whole is None else _read_all(whole, ids[start:])
     if got is not None:
         usage = whole.get("usage") or {}
         return Completion(

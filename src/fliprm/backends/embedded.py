@@ -263,7 +263,7 @@ class EmbeddedBackend:
     async def _force_steps(self, request: GenerateRequest, slot: int = 0) -> Completion:
         import httpx
 
-        steps = forcing_steps(request, exact=not self.reuse_prompt_cache)
+        steps = forcing_steps(request, exact=not self.reuse_prompt_cache, one_request=False)
         t0 = time.perf_counter()
         async with httpx.AsyncClient(base_url=self.http_url, headers=self._auth()) as client:
             reply: Any = None
