@@ -74,7 +74,7 @@ class EmbeddedBackend:
         n_parallel: llama.cpp slots, each with its own ``n_ctx`` window and KV cache. Calls in
             different slots are decoded together, one batch per step: on a CPU a decode step
             costs about as much for several sequences as for one (weights are read once), so
-            concurrent items run ~2.7x (4 slots) to ~3.1x (8 slots) faster on one core
+            concurrent items run ~2.2x (4 slots, bench/slots.py) to ~3.1x (8 slots) faster on one core
             (measured 2026-12-06). llama.cpp gives each call the idle slot whose cached prompt
             shares the longest prefix with it; the per-token forcing fallback keeps one slot
             for its whole sequence. With
