@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import queue
 import secrets
 import threading
 import time
@@ -75,9 +75,9 @@ class EmbeddedBackend:
             different slots are decoded together, one batch per step: on a CPU a decode step
             costs about as much for several sequences as for one (weights are read once), so
             concurrent items run ~2.2x (4 slots, bench/slots.py) to ~3.1x (8 slots) faster on one core
-            (measured 2026-12-06). llama.cpp gives each call the idle slot whose cached prompt
-            shares the longest prefix with it; the per-token forcing fallback keeps one slot
-            for its whole sequence. With
+            (measured 2026-12-06). A call takes the free slot whose last call had the same
+            messages (its KV cache holds them), a forced sequence keeps it for all its steps.
+            With
             ``reuse_prompt_cache=False`` (exact mode) it is 1: a batch's composition changes
             float rounding.
 
@@ -130,9 +130,10 @@ class EmbeddedBackend:
         #: the engine keeps this many calls in flight: one per slot
         self.max_concurrency = self.n_parallel
         # free slot ids; a call takes one for its whole length (a forced sequence: all steps)
-        self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for slot in range(self.n_parallel):
-            self._slots.put(slot)
+        # and prefers the slot whose last call had the same messages (its KV cache holds them)
+        self._free = list(range(self.n_parallel))
+        self._last: dict[int, str] = {}
+        self._slot_cond = threading.Condition()
         self.load_s: float | None = None
 
     @property
@@ -219,23 +220,33 @@ class EmbeddedBackend:
         return str(self._server.listening_address)
 
     @contextlib.contextmanager
-    def _slot(self) -> Iterator[int]:
-        """A free llama.cpp slot for one call (blocks while all are busy)."""
-        slot = self._slots.get()
+    def _slot(self, messages: Any = None) -> Iterator[int]:
+        """A free llama.cpp slot for one call (blocks while all are busy): the one whose last
+        call had the same ``messages`` if it is free (one answer scored against several
+        instructions, or forced and then explained, reads the answer once), else the least
+        recently used."""
+        key = json.dumps(messages, sort_keys=True, default=str) if messages is not None else None
+        with self._slot_cond:
+            while not self._free:
+                self._slot_cond.wait()
+            slot = next((s for s in self._free if key is not None and self._last.get(s) == key),
+                        self._free[0])
+            self._free.remove(slot)
         try:
             yield slot
         finally:
-            self._slots.put(slot)
+            with self._slot_cond:
+                if key is not None:
+                    self._last[slot] = key
+                self._free.append(slot)
+                self._slot_cond.notify()
 
     def _call(self, body: dict[str, Any]) -> tuple[Any, float]:
         self.start()
-        with self._slot():
+        with self._slot(body.get("messages")) as slot:
             t0 = time.perf_counter()
             try:
-                # no id_slot: llama.cpp gives the idle slot whose cached prompt shares the most
-                # with this one (the system prompt, or a response scored against several
-                # instructions); the pool only keeps one call per slot
-                reply = self._server.handle_chat_completions(body)
+                reply = self._server.handle_chat_completions({**body, "id_slot": slot})
             except Exception as exc:  # the runtime's own errors stop here
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
             return reply, time.perf_counter() - t0
@@ -257,7 +268,7 @@ class EmbeddedBackend:
         self.start()
         # the whole sequence holds one slot: another call in between would evict the prefix
         # every step reuses
-        with self._slot() as slot:
+        with self._slot(request.messages) as slot:
             return _run_own_loop(self._force_steps(request, slot))
 
     async def _force_steps(self, request: GenerateRequest, slot: int = 0) -> Completion:
@@ -272,10 +283,7 @@ class EmbeddedBackend:
                     path, body = steps.send(reply)
                     if path == "/v1/completions":
                         optional = body.pop(OPTIONAL, False)
-                        # the one-request forcing picks its slot as a chat call does; the
-                        # per-token steps keep theirs, each step extending the last one's prefix
-                        reply = self._server.handle_completions(
-                            body if optional else {**body, "id_slot": slot})
+                        reply = self._server.handle_completions({**body, "id_slot": slot})
                         if isinstance(reply, dict) and "error" in reply and not optional:
                             raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
                     else:
