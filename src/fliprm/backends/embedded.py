@@ -74,7 +74,7 @@ class EmbeddedBackend:
         n_parallel: llama.cpp slots, each with its own ``n_ctx`` window and KV cache. Calls in
             different slots are decoded together, one batch per step: on a CPU a decode step
             costs about as much for several sequences as for one (weights are read once), so
-            concurrent items run ~2.2x (4 slots, bench/slots.py) to ~3.1x (8 slots) faster on one core
+            4 concurrent sequences ran 2.2x faster than one at a time on one core (bench/slots.py)
             (measured 2026-12-06). A call takes the free slot whose last call had the same
             messages (its KV cache holds them), a forced sequence keeps it for all its steps.
             With
