@@ -22,7 +22,10 @@ ANSWERS = [
 
 def _run(inp, out, cache):
     cmd = [sys.executable, "-m", "fliprm.cli.main", "score", str(inp), "-o", str(out),
-           "--max-tokens", "48", "--cache", str(cache)]
+           "--max-tokens", "48", "--cache", str(cache),
+           # one generated answer at a time (F1, up to 48 tokens each), so the run is still
+           # going when it is killed: pmi on these short texts finishes all 8 almost at once
+           "--method", "f1", "--concurrency", "1"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -31,7 +34,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, embedded_bac
     with open(inp, "w") as f:
         f.writelines(json.dumps({"id": f"q{i}", "instruction": "Tell me a fact.", "response": a}) + "\n" for i, a in enumerate(ANSWERS))
     proc = _run(inp, out, cache)
-    want = random.Random().randint(1, 4)  # kill at a random point after `want` items
+    want = random.Random(20261206).randint(1, 4)  # seeded: a failure can be rerun as it was
     deadline = time.time() + 600
     while time.time() < deadline:
         if out.exists() and out.read_text().count("\n") >= want:

@@ -67,7 +67,7 @@ def test_likelihood_over_http_on_llama_server_equals_the_embedded_one(llama_serv
 def test_extra_body_is_passed_through(llama_server):
     # llama.cpp's n_predict caps generation: if extra_body reached the server, output is tiny.
     backend = OpenAIBackend(base_url=llama_server, api_key=KEY, extra_body={"n_predict": 3}, schema_mode="off")
-    rm = FlipReward(backend, max_tokens=200, constrained=False)
+    rm = FlipReward(backend, method="f1", max_tokens=200, constrained=False)  # a generation
     (r,) = rm.score(["Say hi."], ["Hi!"])
     assert r.completion_tokens <= 3
     rm.close()

@@ -213,6 +213,9 @@ class OpenAIBackend:
         if resp.status_code in (502, 503, 504):  # a proxy in front of a server starting
             raise ServerError(f"{self.url}: GET {path}: HTTP {resp.status_code}",
                               status_code=resp.status_code)
+        if resp.status_code in (401, 403):  # a wrong key: say so, never guess a dialect
+            raise BadResponse(f"{self.url}: GET {path}: HTTP {resp.status_code} (check the API "
+                              "key)", status_code=resp.status_code)
         return resp if resp.status_code == 200 else None
 
     async def _ask_server(self) -> dict[str, Any]:
