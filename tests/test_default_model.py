@@ -86,8 +86,10 @@ def test_parallel_slots_give_the_rewards_of_one_slot():
     other kernels and summation orders than a batch of one, so log-probabilities differ by more
     than the last digit: measured on the default model (2026-12-06, two runs, these 4 items) the
     largest differences were 8.5e-3 and 5.4e-3 in the reward (4.2e-2 nats in the mean pmi; the
-    reward is sigmoid(pmi), slope <= 1/4). TOLERANCE = 0.02 is ~2.4x the largest seen, and 10x
-    below the 0.2 by which the default must tell an answer's own instruction from another."""
+    reward is sigmoid(pmi), slope <= 1/4), and 2.65e-2 in a CI run on a loaded machine (its
+    prefixes reused from earlier tests differ too). TOLERANCE = 0.05 is ~2x the largest seen,
+    and 4x below the 0.2 by which the default must tell an answer's own instruction from
+    another; exact mode (one slot, no reuse) is the bit-identical path."""
     instr, resp = [x for x, _ in ITEMS], [y for _, y in ITEMS]
     with FlipReward(_backend(n_parallel=4)) as rm:
         assert rm.backend.n_parallel == rm.backend.max_concurrency == 4
@@ -107,4 +109,4 @@ def test_parallel_slots_give_the_rewards_of_one_slot():
 
 
 #: see test_parallel_slots_give_the_rewards_of_one_slot
-TOLERANCE = 0.02
+TOLERANCE = 0.05
