@@ -137,7 +137,8 @@ def test_a_llamacpp_server_forces_the_instruction_in_one_grammar_request(embedde
     assert over_http.extra["forced_tokens"] == local.extra["forced_tokens"] > 5
     assert len(completions) == 1
     # the same tokens and model; the prompt is evaluated in other batch shapes on the two paths
-    # (and after other tests' prefixes in the shared backend), which moves the mean per-token
-    # log-prob by float rounding only: measured 0.00-0.022 nats; the vLLM-vs-llama.cpp
-    # comparison (tests/real_vllm) allows 0.06 for the same reason
-    assert over_http.logprob == pytest.approx(local.logprob, abs=0.06)
+    # (and after other tests' prefixes in the shared 4-slot backend), which moves the mean
+    # per-token log-prob of this 9-token instruction by rounding of the quantised kernels:
+    # measured 0.00 on one state, 0.022 and 0.068 nats in two CI runs. 0.15 allows that and
+    # still fails a wrong token or a shifted position (each costs several nats here)
+    assert over_http.logprob == pytest.approx(local.logprob, abs=0.15)
