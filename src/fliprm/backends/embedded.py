@@ -15,9 +15,10 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._types import Completion, GenerateRequest
 from ..errors import (
@@ -31,6 +32,8 @@ from ..errors import (
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
 from ._forcing import OPTIONAL, forcing_steps
+
+T = TypeVar("T")
 
 __all__ = ["EmbeddedBackend"]
 
@@ -134,6 +137,9 @@ class EmbeddedBackend:
         self._free = list(range(self.n_parallel))
         self._last: dict[int, str] = {}
         self._slot_cond = threading.Condition()
+        # one thread per slot: llama.cpp calls block, and asyncio's shared default pool has
+        # cpu_count + 4 threads (6 on two cores), which would leave slots idle
+        self._pool = ThreadPoolExecutor(self.n_parallel, thread_name_prefix="fliprm-slot")
         self.load_s: float | None = None
 
     @property
@@ -253,15 +259,18 @@ class EmbeddedBackend:
 
     async def generate(self, request: GenerateRequest) -> Completion:
         if request.forced_text is not None:
-            return await asyncio.to_thread(self._force, request)
+            return await self._in_pool(self._force, request)
         body = build_body(request, schema_mode="json_schema",
                           extra_body=None if self.reuse_prompt_cache else {"cache_prompt": False})
-        reply, latency = await asyncio.to_thread(self._call, body)
+        reply, latency = await self._in_pool(self._call, body)
         if isinstance(reply, dict) and "error" in reply:
             err = reply["error"]
             msg = err.get("message", err) if isinstance(err, dict) else err
             raise BadResponse(f"llama.cpp: {msg}", status_code=400)
         return read_reply(reply, latency_s=latency, prefix=request.assistant_prefix)
+
+    async def _in_pool(self, fn: Callable[[Any], T], arg: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
 
     def _force(self, request: GenerateRequest) -> Completion:
         """Teacher forcing, one canonical token at a time (see :mod:`._forcing`)."""
