@@ -2,7 +2,8 @@
 responses follow the prompt's IFEval / IFBench instructions more often than a random pick?
 
     # score (resumable; a rerun with other settings for a row is refused)
-    python bench/bon_verified.py --sets ifeval,ifbench --rows default,flip-short,paper,pointwise
+    taskset -c 0 python bench/bon_verified.py --sets ifbench --rows default,flip-short,pointwise
+    taskset -c 1 python bench/bon_verified.py --sets ifbench --rows paper
     # the table (reads what is there)
     python bench/bon_verified.py --report --sets ifeval,ifbench
 
@@ -11,8 +12,9 @@ Input: ``RESULTS/candidates-{set}.jsonl`` from ``bench/bon_generate.py``, one ro
 Rows (the methods that pick): ``default`` (FlipReward() with the library's default config),
 ``flip-short`` (method f1), ``paper`` (RewardConfig.preset("paper")), ``pointwise`` (the 1-10 LLM
 judge); no model: ``longest``, ``random`` (the exact expectation of a uniform pick) and
-``oracle`` (the pool's best verifier outcome). Each candidate is scored on its own and cached per
-(row, key, k) in ``RESULTS/scores-{row}-{set}.jsonl`` (settings beside it, ``.fliprm.json``).
+``oracle`` (the pool's best verifier outcome). A pool's candidates are scored together (see
+:func:`score_sets`), each cached per (row, key, k) in ``RESULTS/scores-{row}-{set}.jsonl``
+(settings beside it, ``.fliprm.json``).
 
 Report, per set and pick: the checkers' pass rates of the pick out of N=8 (prompt-level strict
 and loose, instruction-level strict and loose, 95% bootstrap CIs over prompts), paired
@@ -72,8 +74,7 @@ def _sha(text: str) -> str:
 
 def load_pools(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Candidates grouped per prompt key, in k order: ``{key, prompt, instruction_id_list,
-    kwargs, responses}``. A key whose k values are not 0..n-1 is refused (a gap would shift the
-    first-N pools)."""
+    kwargs, responses}``. A key without all n samples (k = 0..n-1) is left out and named."""
     if not path.is_file():
         raise SystemExit(f"candidates not found: {path} (bench/bon_generate.py writes them)")
     by_key: dict[str, dict[str, Any]] = {}
@@ -85,13 +86,20 @@ def load_pools(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         if r["k"] in p["cands"]:
             raise SystemExit(f"{path}: key {key!r} has k={r['k']} twice")
         p["cands"][int(r["k"])] = r["response"]
-    pools = []
+    pools, partial = [], []
+    n = max((len(p["cands"]) for p in by_key.values()), default=0)
     for p in by_key.values():
         ks = sorted(p["cands"])
-        if ks != list(range(len(ks))):
-            raise SystemExit(f"{path}: key {p['key']!r} has k={ks}, expected 0..{len(ks) - 1}")
+        if ks != list(range(n)):
+            # a prompt still being generated (bench/bon_generate.py appends as samples
+            # finish): waits for its full pool, so the first-N pools stay comparable
+            partial.append(p["key"])
+            continue
         pools.append({**{k: v for k, v in p.items() if k != "cands"},
                       "responses": [p["cands"][k] for k in ks]})
+    if partial:
+        print(f"{path.name}: {len(partial)} prompt(s) without all {n} samples yet, left for "
+              f"later: {', '.join(partial)}", file=sys.stderr)
     return pools[:limit] if limit is not None else pools
 
 
@@ -118,46 +126,55 @@ def _check_same_responses(scores: dict[str, dict[str, Any]], pools: list[dict[st
                                  "the candidates changed: use another --results folder")
 
 
-async def score_row(row: str, name: str, pools: list[dict[str, Any]], results: Path, *,
-                    backend: str | None, threads: int | None, concurrency: int) -> int:
-    """Score every candidate not yet in the row's cache; return how many were scored now."""
-    judge = ROWS[row][0](backend, RuntimeOptions(n_threads=threads))
-    path = _score_path(results, row, name)
-    _check_same_responses(_read_scores(path), pools, path)
-    try:
-        writer = ResultWriter(path, key_field="id", retry_errors=True,
-                              manifest={"settings": {row: judge.identity()}})
-    except FlipError as exc:
-        await judge.aclose()
-        raise SystemExit(f"[{row}] {exc}") from None
-    todo = [(p, k) for p in pools for k in range(len(p["responses"]))
-            if f"{p['key']}|{k}" not in writer.done]
-    print(f"[{row}] {name}: {len(writer.done)} done, {len(todo)} to score", file=sys.stderr,
-          flush=True)
-    sem = asyncio.Semaphore(max(1, concurrency))
-    n = 0
+async def score_sets(rows: list[str], name: str, pools: list[dict[str, Any]], results: Path, *,
+                     backend: str | None, threads: int | None, slots: int | None) -> int:
+    """Score every candidate not yet in its row's cache; return how many were scored now.
 
-    async def one(p: dict[str, Any], k: int) -> None:
-        nonlocal n
-        resp = p["responses"][k]
-        async with sem:
-            j = await judge.arank(p["prompt"], [resp])
-        rec: dict[str, Any] = {"id": f"{p['key']}|{k}", "key": p["key"], "k": k,
-                               "score": j.scores[0], "seconds": round(j.seconds, 3),
-                               "calls": j.calls, "tokens": j.tokens, "sha": _sha(resp)}
-        if j.errors:
-            rec["error"] = "; ".join(map(str, j.errors))
-        writer.write(rec)
-        n += 1
-        print(f"[{row}] {name} {n}/{len(todo)} {rec['id']} score={rec['score']} "
-              f"{rec['seconds']:.1f}s", file=sys.stderr, flush=True)
-
+    All rows share ONE backend (one model in memory, ``slots`` llama.cpp slots) and go pool by
+    pool: a pool's N candidates are scored together by each row in turn (N calls decoded
+    together), so a row whose prompt equals an earlier row's (the default and ``flip-short``
+    share the template) starts from that row's KV cache. A record's ``seconds`` is the row's
+    wall time on the pool over its candidates scored there.
+    """
+    shared = FlipReward(backend, runtime=RuntimeOptions(n_threads=threads, concurrency=slots))
+    rt = RuntimeOptions(n_threads=threads, concurrency=slots)
+    judges = {row: ROWS[row][0](shared.backend, rt) for row in rows}
+    writers = {}
     try:
-        await asyncio.gather(*(one(p, k) for p, k in todo))
+        for row in rows:
+            path = _score_path(results, row, name)
+            _check_same_responses(_read_scores(path), pools, path)
+            try:
+                writers[row] = ResultWriter(path, key_field="id", retry_errors=True,
+                                            manifest={"settings": {row: judges[row].identity()}})
+            except FlipError as exc:
+                raise SystemExit(f"[{row}] {exc}") from None
+        n = 0
+        for p in pools:
+            for row in rows:
+                todo = [k for k in range(len(p["responses"]))
+                        if f"{p['key']}|{k}" not in writers[row].done]
+                if not todo:
+                    continue
+                j = await judges[row].arank(p["prompt"], [p["responses"][k] for k in todo])
+                per = j.seconds / len(todo)
+                for k, score in zip(todo, j.scores, strict=True):
+                    rec: dict[str, Any] = {
+                        "id": f"{p['key']}|{k}", "key": p["key"], "k": k, "score": score,
+                        "seconds": round(per, 3), "calls": j.calls / len(todo),
+                        "tokens": j.tokens / len(todo), "sha": _sha(p["responses"][k]),
+                        "slots": slots}
+                    if score is None:
+                        rec["error"] = "; ".join(map(str, j.errors)) or "no score"
+                    writers[row].write(rec)
+                n += len(todo)
+                print(f"[{row}] {name} key={p['key']} {len(todo)} scored in {j.seconds:.1f}s "
+                      f"scores={j.scores}", file=sys.stderr, flush=True)
+        return n
     finally:
-        writer.close()
-        await judge.aclose()
-    return n
+        for w in writers.values():
+            w.close()
+        await shared.aclose()
 
 
 def _verdicts(pools: list[dict[str, Any]], name: str) -> tuple[dict[str, list], Counter]:
@@ -223,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backend", default=None, help="backend spec (default: embedded; fake for "
                     "a dry run)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads per row")
-    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--slots", type=int, default=8,
+                    help="llama.cpp slots (calls in flight): a pool's candidates together")
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
     ap.add_argument("--seed", type=int, default=0, help="tie-break seed")
     ap.add_argument("--report", action="store_true", help="print the table, score nothing")
@@ -241,9 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             print(text)
             (a.results / f"report-{name}.json").write_text(strict_json(s), encoding="utf-8")
             continue
-        for row in rows:
-            asyncio.run(score_row(row, name, pools, a.results, backend=a.backend,
-                                  threads=a.threads, concurrency=a.concurrency))
+        asyncio.run(score_sets(rows, name, pools, a.results, backend=a.backend,
+                               threads=a.threads, slots=a.slots))
 
 
 if __name__ == "__main__":

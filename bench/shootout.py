@@ -152,11 +152,13 @@ async def score_item(rm: FlipReward, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: int,
-            attacks: set[str] | None = None, parallel: int = 1) -> None:
+            attacks: set[str] | None = None, parallel: int = 1, slots: int | None = None) -> None:
     cfg = build_config(row, max_chars)
     # an in-memory cache: a response scored against several prompts costs one FLIP call;
-    # ``parallel`` items are scored at once, in as many llama.cpp slots (decoded together)
-    rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads, concurrency=parallel),
+    # ``parallel`` items are scored at once, their calls in ``slots`` llama.cpp slots (decoded
+    # together; default: as many as items)
+    rm = FlipReward(config=cfg, runtime=RuntimeOptions(n_threads=threads,
+                                                       concurrency=slots or parallel),
                     cache=ResponseCache(":memory:"))
     folder = out / row
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,6 +187,8 @@ def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: 
                     # items/s counts wall time: a chunk's items share it
                     rec["seconds"] = round(wall / len(recs), 3)
                     rec["parallel"] = parallel
+                    if slots:
+                        rec["slots"] = slots
                     f.write(json.dumps(rec) + "\n")
                     print(f"[{row}] {name} {rec['id']} {rec['seconds']:.1f}s rewards="
                           f"{[None if r is None else round(r, 3) for r in rec['rewards']]}",
@@ -305,6 +309,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per row")
     ap.add_argument("--parallel", type=int, default=1,
                     help="items scored at once, in as many llama.cpp slots (decoded together)")
+    ap.add_argument("--slots", type=int, default=None,
+                    help="llama.cpp slots (calls in flight) for those items; default --parallel")
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--report", action="store_true", help="print the table of what is there")
     ap.add_argument("--markdown", action="store_true")
@@ -334,7 +340,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for row in rows:
         run_row(row, sets, args.out, args.threads, args.max_response_chars, attacks,
-                args.parallel)
+                args.parallel, args.slots)
     print(f"done in {time.perf_counter() - t0:.0f} s; peak RSS {peak_rss_mb():.0f} MB",
           file=sys.stderr)
 
