@@ -45,6 +45,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .registry import backend_usage, find_backend, method_names, method_spec, method_specs
 from .templates import Template, get_template
 
 __all__ = [
@@ -63,10 +64,23 @@ SCORING_VERSION = 3
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
-        cli: bool = True) -> Any:
-    """A config field with what its CLI flag needs (help text, flag name, short alias)."""
-    return Field(default, description=help,
-                 json_schema_extra={"flag": flag, "short": short, "cli": cli})
+        cli: bool = True, registry: str | None = None) -> Any:
+    """A config field with what its CLI flag needs (help text, flag name, short alias).
+
+    ``registry``: ``"method"`` or ``"backend"``: the flag's help and choices come from that
+    registry (:mod:`fliprm.registry`) when the CLI is built, so plugins show up there too.
+    """
+    extra: dict[str, Any] = {"flag": flag, "short": short, "cli": cli}
+    if registry:
+        extra["registry"] = registry
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+def _registered_methods_schema(schema: dict[str, Any]) -> None:
+    # the JSON schema lists the methods registered when it is asked for (plugins included)
+    prop = schema.get("properties", {}).get("method")
+    if prop is not None:
+        prop["enum"] = method_names()
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,8 @@ class RewardConfig(BaseModel):
     invalid value raises :class:`~fliprm.errors.ConfigError` (a ``ValueError``) naming the field.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True,
+                              json_schema_extra=_registered_methods_schema)
 
     def __init__(self, **values: Any) -> None:
         # a bad value is a one-line ConfigError naming the field (a ValueError too), not
@@ -114,12 +129,14 @@ class RewardConfig(BaseModel):
             raise config_error(exc, type(self).__name__) from None
 
     backend: str = opt("embedded", "embedded | embedded:NAME | gguf:PATH | openai[:MODEL] | "
-                       "fake (scripted dry run)", short="-b")
+                       "fake (scripted dry run) | a registered backend", short="-b",
+                       registry="backend")
     model: str | None = opt(None, "model name on the server (openai backend)")
-    method: Literal["f1", "likelihood", "pmi"] = opt(
+    method: str = opt(
         "pmi", "pmi (default: the instruction's log-likelihood given the response minus given "
         "an empty response) | f1 (the paper: word F1 of the inferred instruction) | "
-        "likelihood (mean log p(instruction | response), teacher-forced)")
+        "likelihood (mean log p(instruction | response), teacher-forced) | a registered "
+        "method", registry="method")
     explain: bool = opt(False, "likelihood/pmi: also generate the inferred instruction (the "
                         "FLIP generation, same cache) and return it beside the reward")
     samples: int = opt(1, "f1: average the reward over this many sampled inferred "
@@ -185,15 +202,21 @@ class RewardConfig(BaseModel):
             raise ValueError("must be in (0, 1]")
         return v
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        method_spec(v)  # unknown names fail here, naming the registered ones
+        return v
+
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
-        kind = v.partition(":")[0]
-        if kind not in ("embedded", "gguf", "openai", "fake"):
-            raise ValueError(f"unknown backend {v!r}; use embedded, embedded:NAME, gguf:PATH, "
-                             "openai[:MODEL] or fake")
-        if kind == "gguf" and not v.partition(":")[2]:
-            raise ValueError("gguf backend needs a path: gguf:/path/to/model.gguf")
+        kind, _, arg = v.partition(":")
+        spec = find_backend(kind)
+        if spec is None:
+            raise ValueError(f"unknown backend {v!r}; use {backend_usage()}")
+        if spec.arg_required and not arg:
+            raise ValueError(spec.arg_required)
         return v
 
     @field_validator("similarity")
@@ -215,11 +238,15 @@ class RewardConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> RewardConfig:
         if self.samples > 1:
-            if self.method != "f1":
-                raise ValueError("samples > 1 applies to method='f1' (likelihood and pmi are exact)")
+            if not method_spec(self.method).supports_samples:
+                sampling = " or ".join(f"method={s.name!r}" for s in method_specs()
+                                       if s.supports_samples)
+                raise ValueError(f"samples > 1 applies to {sampling} ({self.method!r} does "
+                                 "not sample)")
             if self.temperature <= 0:
                 raise ValueError("samples > 1 needs temperature > 0: greedy samples are identical")
-        if self.exact and self.backend.partition(":")[0] not in ("embedded", "gguf"):
+        spec = find_backend(self.backend_kind)
+        if self.exact and not (spec and spec.local):
             raise ValueError("exact applies to the embedded model (embedded, gguf:PATH)")
         main = self.family().main
         if "response" not in main.fields and "output" not in main.fields:

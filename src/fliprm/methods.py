@@ -32,6 +32,7 @@ from ._types import FLIP_REASONING_MAX_CHARS, Completion, GenerateRequest
 from .config import RewardConfig
 from .errors import BackendError
 from .parse import clean_output, parse_flip
+from .registry import method_spec, register_method
 from .result import FlipResult
 from .similarity import F1, get_similarity
 from .templates import Template
@@ -124,6 +125,8 @@ def capped_reasoning(text: str) -> str:
     return " ".join(out)
 
 
+@register_method("f1", needs_logprobs=False, supports_samples=True, generates=True,
+                 help="the paper: word F1 of the inferred instruction", judge="flip")
 class F1Method:
     """Backward inference, then word F1 against the real instruction (the paper's reward).
 
@@ -254,6 +257,8 @@ class F1Method:
         res.reward, res.precision, res.recall = sim.f1, sim.precision, sim.recall
 
 
+@register_method("likelihood", needs_logprobs=True,
+                 help="mean log p(instruction | response), teacher-forced")
 class LikelihoodMethod:
     """Mean log p(instruction | response), the real instruction teacher-forced as the value of
     ``INFERRED INSTRUCTION``; reward = exp(mean), the per-token geometric-mean probability.
@@ -336,6 +341,9 @@ class LikelihoodMethod:
             res.extra["explain_error"] = gen.parse_error or gen.error or "no inferred instruction"
 
 
+@register_method("pmi", needs_logprobs=True,
+                 help="the instruction's log-likelihood given the response minus given an "
+                 "empty response")
 class PMIMethod(LikelihoodMethod):
     """How much the response raises the instruction's likelihood: the mean per-token pointwise
     mutual information ``log p(x | y) - log p(x | empty response)`` over the instruction's
@@ -435,9 +443,10 @@ def forced_logprobs(comp: Completion, forced: str) -> list[float]:
 
 
 def get_method(config: RewardConfig) -> Method:
-    """The strategy object for ``config.method`` (``pmi`` by default).
+    """The strategy object for ``config.method`` (``pmi`` by default), from the method registry
+    (:mod:`fliprm.registry`).
 
     >>> get_method(RewardConfig(method="f1")).name
     'f1'
     """
-    return {"f1": F1Method, "likelihood": LikelihoodMethod, "pmi": PMIMethod}[config.method](config)
+    return method_spec(config.method).factory(config)  # type: ignore[no-any-return]

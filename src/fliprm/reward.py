@@ -26,6 +26,7 @@ from .guard import mask_instruction_echo
 from .inputs import prepare_item
 from .methods import Build, Item, get_method
 from .neutralize import neutralize
+from .registry import find_backend, method_spec
 from .result import FlipResult
 from .templates import Template
 
@@ -169,8 +170,10 @@ class FlipReward:
         if isinstance(backend, str):
             reward_opts["backend"] = backend
         elif backend is not None:
-            reward_opts.setdefault("backend", backend.name if backend.name in
-                                   ("embedded", "gguf", "openai", "fake") else "fake")
+            # a registered backend is recorded under its own name (fingerprint, identity); an
+            # unregistered object, as before, as a scripted one
+            reward_opts.setdefault("backend", backend.name if find_backend(backend.name)
+                                   else "fake")
         base = config or RewardConfig()
         self.config: RewardConfig = base.updated(**reward_opts) if reward_opts else base
         rt = runtime or RuntimeOptions()
@@ -219,7 +222,8 @@ class FlipReward:
     def _check_logprobs(self) -> None:
         """A method that scores log-probabilities on a backend that cannot give them is one
         error at start, naming the way out; never a silent switch to another reward."""
-        if self.config.method != "f1" and not self.backend.supports_forced_decoding:
+        needs = method_spec(self.config.method).needs_logprobs
+        if needs and not self.backend.supports_forced_decoding:
             raise ConfigError(
                 f"method={self.config.method!r} needs the instruction's "
                 f"log-probabilities, which backend {self.backend.name!r} does not give here "

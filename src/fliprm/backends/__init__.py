@@ -1,8 +1,10 @@
-"""LM backends behind one protocol, looked up by name.
+"""LM backends behind one protocol, looked up by name in the backend registry.
 
 ``get_backend("embedded")`` (the default CPU model), ``get_backend("gguf:/path/model.gguf")``,
 ``get_backend("openai", base_url=..., model=...)`` or ``"openai:<model>"``, ``get_backend("fake",
-replies=[...])``. Backends import their optional dependencies only when built.
+replies=[...])``, or any backend a plugin registered (:func:`fliprm.registry.register_backend`).
+The built-ins register below, as a plugin would; their modules (and optional dependencies) are
+imported only when one is built.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..registry import backend_usage, find_backend, register_backend
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -17,16 +20,49 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "build_backend", "get_backend", "is_local_model"]
 
-_LOCAL_KINDS = ("embedded", "gguf")
+
+def _local_options(config: RewardConfig, runtime: RuntimeOptions) -> dict[str, Any]:
+    # --concurrency on the embedded model is its number of llama.cpp slots
+    return {"n_ctx": config.n_ctx, "n_threads": runtime.n_threads,
+            "reuse_prompt_cache": not config.exact, "n_parallel": runtime.concurrency}
+
+
+def _openai_options(config: RewardConfig, runtime: RuntimeOptions) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "base_url": runtime.base_url, "api_key": runtime.api_key, "timeout": runtime.timeout,
+        "schema_mode": config.schema_mode, "extra_body": config.extra_body,
+        "likelihood_mode": config.likelihood_mode}
+    if config.model:
+        opts["model"] = config.model
+    if runtime.concurrency:
+        opts["max_concurrency"] = runtime.concurrency
+    return opts
+
+
+register_backend("embedded", factory="fliprm.backends.embedded:EmbeddedBackend", local=True,
+                 supports_forced_decoding=True, options=_local_options, arg="model_name",
+                 usage=("embedded", "embedded:NAME"))
+register_backend("gguf", factory="fliprm.backends.embedded:EmbeddedBackend", local=True,
+                 supports_forced_decoding=True, options=_local_options, arg="model_path",
+                 arg_required="gguf backend needs a path: gguf:/path/to/model.gguf",
+                 usage="gguf:PATH")
+# log-probabilities: forced decoding on llama.cpp servers, prompt log-probs on vLLM; the built
+# backend asks the server which (hosted APIs and Ollama give neither)
+register_backend("openai", factory="fliprm.backends.openai:OpenAIBackend",
+                 supports_forced_decoding=True, supports_prompt_logprobs=True,
+                 options=_openai_options, arg="model", usage="openai[:MODEL]")
+register_backend("fake", factory="fliprm.backends.fake:FakeBackend",
+                 supports_forced_decoding=True, usage="fake", help="scripted dry run")
 
 
 def is_local_model(spec: str) -> bool:
-    """True for specs that run llama.cpp in this process (``embedded``, ``gguf:PATH``).
+    """True for specs that run a model in this process (``embedded``, ``gguf:PATH``).
 
     >>> is_local_model("gguf:/m.gguf"), is_local_model("openai:m")
     (True, False)
     """
-    return spec.partition(":")[0] in _LOCAL_KINDS
+    found = find_backend(spec.partition(":")[0])
+    return found is not None and found.local
 
 
 def get_backend(spec: str | Backend = "embedded", **options: Any) -> Backend:
@@ -38,27 +74,10 @@ def get_backend(spec: str | Backend = "embedded", **options: Any) -> Backend:
     if not isinstance(spec, str):
         return spec
     kind, _, arg = spec.partition(":")
-    if kind == "embedded":
-        from .embedded import EmbeddedBackend
-
-        return EmbeddedBackend(model_name=arg or None, **options)
-    if kind == "gguf":
-        from .embedded import EmbeddedBackend
-
-        if not arg:
-            raise ConfigError("gguf backend needs a path: gguf:/path/to/model.gguf")
-        return EmbeddedBackend(arg, **options)
-    if kind == "openai":
-        from .openai import OpenAIBackend
-
-        if arg:
-            options.setdefault("model", arg)
-        return OpenAIBackend(**options)
-    if kind == "fake":
-        from .fake import FakeBackend
-
-        return FakeBackend(**options)
-    raise ConfigError(f"unknown backend {spec!r}; use embedded, gguf:PATH, openai[:MODEL] or fake")
+    found = find_backend(kind)
+    if found is None:
+        raise ConfigError(f"unknown backend {spec!r}; use {backend_usage()}")
+    return found.build(arg, **options)
 
 
 def build_backend(config: RewardConfig, runtime: RuntimeOptions, **overrides: Any) -> Backend:
@@ -69,19 +88,10 @@ def build_backend(config: RewardConfig, runtime: RuntimeOptions, **overrides: An
     ...               RuntimeOptions(base_url="http://127.0.0.1:9/v1")).extra_body
     {'x': 1}
     """
-    kind = config.backend_kind
-    opts: dict[str, Any] = {}
-    if kind in _LOCAL_KINDS:
-        # --concurrency on the embedded model is its number of llama.cpp slots
-        opts = {"n_ctx": config.n_ctx, "n_threads": runtime.n_threads,
-                "reuse_prompt_cache": not config.exact, "n_parallel": runtime.concurrency}
-    elif kind == "openai":
-        opts = {"base_url": runtime.base_url, "api_key": runtime.api_key,
-                "timeout": runtime.timeout, "schema_mode": config.schema_mode,
-                "extra_body": config.extra_body, "likelihood_mode": config.likelihood_mode}
-        if config.model:
-            opts["model"] = config.model
-        if runtime.concurrency:
-            opts["max_concurrency"] = runtime.concurrency
+    kind, _, arg = config.backend.partition(":")
+    found = find_backend(kind)
+    if found is None:
+        raise ConfigError(f"unknown backend {config.backend!r}; use {backend_usage()}")
+    opts = found.constructor_options(config, runtime)
     opts.update(overrides)
-    return get_backend(config.backend, **opts)
+    return found.build(arg, **opts)

@@ -96,6 +96,15 @@ def _plain(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation, None
 
 
+def _registered(kind: str) -> tuple[str, list[str] | None]:
+    """Help text and choices of a flag whose values a registry owns (plugins included)."""
+    from .. import registry
+
+    if kind == "method":
+        return registry.methods_help(), registry.method_names()
+    return registry.backends_help(), None
+
+
 def _params(model: type[BaseModel], exclude: Iterable[str],
             replicas: bool = False) -> list[inspect.Parameter]:
     out = []
@@ -106,6 +115,8 @@ def _params(model: type[BaseModel], exclude: Iterable[str],
         typ, choices = _plain(field.annotation)
         flag = _FLAG_NAMES.get(name) or extra.get("flag") or "--" + name.replace("_", "-")  # type: ignore[union-attr]
         help_ = field.description or ""
+        if extra.get("registry"):  # type: ignore[union-attr]
+            help_, choices = _registered(extra["registry"])  # type: ignore[index]
         if choices:
             help_ += f" [{'|'.join(choices)}]"
         default = field.default

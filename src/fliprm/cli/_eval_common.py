@@ -12,12 +12,12 @@ from ..backends import build_backend
 from ..engine import Engine
 from ..errors import ConfigError
 from ..judges import JUDGES, Judge, LongestJudge
+from ..registry import method_specs
 from ._config_options import err
 
 MethodsOpt = Annotated[str, typer.Option(
-    "--methods", help=f"comma list of {','.join(JUDGES)} (flip = backward inference + word F1; "
-    "flip-likelihood = mean log p(instruction | response); flip-pmi = the same minus log p("
-    "instruction | empty response))")]
+    "--methods", help=f"comma list of {','.join(JUDGES)} ("
+    + "; ".join(f"{s.judge} = {s.help}" for s in method_specs() if s.help) + ")")]
 
 SplitOpt = Annotated[str | None, typer.Option(
     "--split", help="Hugging Face dataset split, for a hub name or a save_to_disk folder")]

@@ -47,8 +47,26 @@ def _root(
     """FLIP reward models: score a response by inferring the instruction behind it."""
 
 
+def _load_plugins() -> None:
+    """Registered methods and backends, plugins included (``FLIPRM_PLUGINS``, entry points),
+    before the commands read them for their flags; a plugin that fails is a one-line error."""
+    from ..errors import ConfigError
+    from ..registry import method_specs
+
+    try:
+        method_specs()
+    except ConfigError as exc:
+        from ._config_options import fail
+
+        try:
+            fail(str(exc))
+        except typer.Exit as stop:
+            raise SystemExit(stop.exit_code) from None
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _load_plugins()
     _register()
     app()
 

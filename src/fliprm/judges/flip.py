@@ -9,6 +9,7 @@ from typing import Any
 from ..backends import Backend
 from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
+from ..registry import method_spec
 from ..reward import FlipReward
 from ._base import Judgment, finish, item_rng, top_indices
 
@@ -63,8 +64,8 @@ class FlipJudge:
         self.reward = reward
         self.backend = reward.backend
         self.seed = seed
-        if reward.config.method != "f1":
-            self.name = f"flip-{reward.config.method}"
+        # the method's judge name from the registry: flip (F1), flip-pmi, flip-<plugin method>
+        self.name = method_spec(reward.config.method).judge
 
     def identity(self) -> dict[str, Any]:
         return {"judge": self.name, **self.reward.identity()}
