@@ -134,7 +134,8 @@ class BackendSpec:
 _methods: dict[str, MethodSpec] = {}
 _backends: dict[str, BackendSpec] = {}
 _lock = threading.RLock()
-_loaded = False
+_ready = False
+_loading = False
 
 
 def _qualname(obj: Any) -> str:
@@ -231,22 +232,23 @@ def unregister_backend(name: str) -> None:
 
 
 def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
+    global _ready, _loading
+    if _ready:
         return
+    # other threads wait here until the tables are whole; the loading thread itself comes back
+    # in (RLock) when a module it imports looks a name up, and sees what is registered so far
     with _lock:
-        if _loaded:
+        if _ready or _loading:
             return
-        # set first: the modules imported below register, and may look names up, re-entrantly
-        _loaded = True
+        _loading = True
         try:
             for module in _BUILTINS:
                 importlib.import_module(module)
             _load_entry_points()
             load_plugins(os.environ.get(PLUGINS_ENV, ""), source=PLUGINS_ENV)
-        except BaseException:
-            _loaded = False
-            raise
+            _ready = True
+        finally:
+            _loading = False
 
 
 def _load_entry_points() -> None:
