@@ -24,15 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-from _common import DATA_DIR
+from sets import read_rows
 
-FILES = {"ifeval": "ifeval_input_data.jsonl", "ifbench": "ifbench_test.jsonl"}
+#: --set -> the prompts file (bench/sets.py's FILES) whose prompts are sampled
+FILES = {"ifeval": "ifeval-prompts", "ifbench": "ifbench-prompts"}
 OUT_DIR = Path(__file__).resolve().parent / "results" / "bon_verified"
 
 
 def select_prompts(set_name: str, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in (DATA_DIR / FILES[set_name]).read_text().splitlines()
-            if line.strip()]
+    rows = read_rows(FILES[set_name])
     order = list(range(len(rows)))
     random.Random(20261206).shuffle(order)  # fixed: the first n of a larger run are the same
     return [rows[i] for i in order[:n]]

@@ -37,9 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import _read_jsonl
+from sets import read_jsonl
 
 from fliprm import FlipReward
 from fliprm.config import RewardConfig, RuntimeOptions
@@ -78,7 +76,7 @@ def load_pools(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SystemExit(f"candidates not found: {path} (bench/bon_generate.py writes them)")
     by_key: dict[str, dict[str, Any]] = {}
-    for r in _read_jsonl(path):
+    for r in read_jsonl(path):
         key = str(r["key"])
         p = by_key.setdefault(key, {"key": key, "prompt": r["prompt"], "cands": {},
                                     "instruction_id_list": r["instruction_id_list"],
@@ -110,7 +108,7 @@ def _score_path(results: Path, row: str, name: str) -> Path:
 def _read_scores(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
-    # read_records, not _read_jsonl: a killed run's half-written last line is skipped here
+    # read_records, not read_jsonl: a killed run's half-written last line is skipped here
     # (ResultWriter cuts it off and redoes the item)
     return {r["id"]: r for _, r in read_records(path)
             if isinstance(r, dict) and "id" in r and not r.get("error")}

@@ -12,41 +12,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import resource
 import sys
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb, wilson_ci
 from rich.console import Console
 from rich.table import Table
+from sets import data_path, read_jsonl
 
 from fliprm import FlipReward, f1_score
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifbench_sample_output.jsonl"
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=None,
+                    help="prompt/response JSONL (default: the ifbench set, bench/sets.py)")
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--template", default=None)
     ap.add_argument("--method", default="f1")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--no-constrained", action="store_true")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    rows = [json.loads(line) for line in open(args.data, encoding="utf-8")][: args.limit + 1]
+    args = ap.parse_args(argv)
+    path = Path(args.data) if args.data else data_path("ifbench")
+    rows = read_jsonl(path)[: args.limit + 1]
     n = min(args.limit, len(rows) - 1)
     rm = FlipReward(template=args.template, method=args.method, max_tokens=args.max_tokens,
                     constrained=not args.no_constrained)
@@ -63,11 +53,11 @@ def main() -> None:
                                                    [r["response"] for r in rows[:n]])]
     elapsed = time.perf_counter() - t0
     wins = sum((o.reward or 0.0) > m for o, m in zip(own, other))
-    lo, hi = wilson(wins, n)
+    lo, hi = wilson_ci(wins, n)
     pf = sum(not r.parse_ok for r in own)
     errors = sum(r.error is not None for r in own)
     backend_s = sum(r.latency_s for r in own)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     out = {
         "items": n, "accuracy": wins / n, "ci95": [lo, hi], "parse_failure_rate": pf / n,
         "errors": errors, "items_per_s": n / elapsed, "seconds_per_item": elapsed / n,

@@ -25,17 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, print_table
+from sets import load_items
 
-from _common import DATA_DIR, load_average, print_table  # noqa: E402
-
-from fliprm import RewardConfig  # noqa: E402
-from fliprm._types import GenerateRequest  # noqa: E402
-from fliprm.backends._chat import read_reply  # noqa: E402
-from fliprm.backends.embedded import EmbeddedBackend  # noqa: E402
-from fliprm.methods import INSTRUCTION_KEY, Item, forced_logprobs, render  # noqa: E402
-from fliprm.neutralize import neutralize  # noqa: E402
-from fliprm.reward import truncate_middle  # noqa: E402
+from fliprm import Completion, GenerateRequest, RewardConfig, truncate_middle
+from fliprm.backends.embedded import EmbeddedBackend
+from fliprm.methods import INSTRUCTION_KEY, Item, forced_logprobs, render
+from fliprm.neutralize import neutralize
 
 
 def request(instruction: str, response: str, max_chars: int) -> tuple[GenerateRequest, str]:
@@ -60,7 +56,11 @@ def before(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
     t0 = time.perf_counter()
     reply, _ = backend._call(body)
     secs = time.perf_counter() - t0
-    comp = read_reply(reply, latency_s=secs, prefix=req.assistant_prefix)
+    if not isinstance(reply, dict) or "choices" not in reply:
+        raise SystemExit(f"llama.cpp refused the grammar-forced request: {str(reply)[:300]}")
+    # only the forced tokens' log-probabilities are read from the reply
+    content = reply["choices"][0]["logprobs"]["content"]
+    comp = Completion(text="", token_logprobs=[(t["token"], float(t["logprob"])) for t in content])
     used = forced_logprobs(comp, forced)
     timings = reply.get("timings", {})
     return {"s": secs, "mean_lp": sum(used) / len(used), "forced": len(used),
@@ -84,21 +84,15 @@ def flush(backend: EmbeddedBackend) -> None:
 
 
 def items(focus4: int, ifbench: int) -> list[tuple[str, list[tuple[str, str]]]]:
-    out = []
-    with open(DATA_DIR / "alpacaeval_focus4.jsonl", encoding="utf-8") as f:
-        for line in list(f)[:focus4]:
-            r = json.loads(line)
-            chosen = r["chosen"][0] if isinstance(r["chosen"], list) else r["chosen"]
-            out.append(("best-of-4", [(r["prompt"], y) for y in [chosen, *r["rejected"]]]))
-    with open(DATA_DIR / "ifbench_sample_output.jsonl", encoding="utf-8") as f:
-        rows = [json.loads(x) for x in list(f)[: ifbench + 1]]
-    for i in range(ifbench):
-        y = rows[i]["response"]
-        out.append(("IFBench pair", [(rows[i]["prompt"], y), (rows[i + 1]["prompt"], y)]))
-    return out
+    """The first ``focus4`` best-of-4 items and ``ifbench`` IFBench pairs (response i against
+    prompts i and i+1)."""
+    kinds = (("best-of-4", load_items("focus4", focus4) if focus4 else []),
+             # one row more: the last pair's mismatched prompt is the next row's, not a wrap
+             ("IFBench pair", load_items("ifbench", ifbench + 1)[:ifbench] if ifbench else []))
+    return [(kind, list(zip(it["prompts"], it["responses"]))) for kind, its in kinds for it in its]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--focus4", type=int, default=10)
@@ -106,7 +100,7 @@ def main() -> None:
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     # No host-RAM prompt cache: it would hand whichever path runs second the other's prefill.
     # The slot's own prefix reuse stays on (what scoring one response against several
     # instructions really gets); a flush before each path's turn empties the slot.
@@ -148,8 +142,8 @@ def main() -> None:
         n = len(st["b_s"])
         b, a = statistics.fmean(st["b_s"]), statistics.fmean(st["a_s"])
         rows.append([kind, n, f"{b:.2f}", f"{a:.2f}", f"{b / a:.2f}x",
-                     f"{statistics.fmean(st['b_pms']) / 1000:.2f} / "
-                     f"{statistics.fmean(st['b_dms']) / 1000:.2f}",
+                     (f"{statistics.fmean(st['b_pms']) / 1000:.2f} / "
+                     f"{statistics.fmean(st['b_dms']) / 1000:.2f}"),
                      f"{statistics.fmean(st['b_pre']):.0f} / {statistics.fmean(st['a_pre']):.0f}",
                      f"{statistics.fmean(st['b_tok']):.1f} / {statistics.fmean(st['a_tok']):.1f}"])
     print_table("likelihood cost per item (same items, interleaved; one llama.cpp thread)",

@@ -32,18 +32,13 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifbench_sample_output.jsonl"
+from sets import data_path, read_jsonl
 
 
 def load_pairs(path: Path, n: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if len(rows) >= n:
-                break
-            r = json.loads(line)
-            rows.append({"id": f"ifb-{i}", "instruction": r["prompt"], "response": r["response"]})
-    return rows
+    """The first ``n`` rows of a prompt/response JSONL as ``{id, instruction, response}``."""
+    return [{"id": f"ifb-{i}", "instruction": r["prompt"], "response": r["response"]}
+            for i, r in enumerate(read_jsonl(path)[:n])]
 
 
 def loadavg() -> str:
@@ -93,10 +88,11 @@ def compare(a: list, b: list) -> dict:
     return {"identical": same, "of": len(a), "max_abs_diff": round(max(diffs, default=0.0), 4)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="prompt/response JSONL (default: the ifbench set, bench/sets.py)")
     ap.add_argument("--workdir", type=Path, default=Path("/work/runs/ray/bench"))
     ap.add_argument("--template", default="flip-short")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -114,12 +110,12 @@ def main() -> None:
                     help="an earlier --out report (same --n and settings): compare with its rewards "
                     "too, e.g. a single-machine run made while the other core was busy")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     cpus = len(os.sched_getaffinity(0))
     settings = {"template": args.template, "max_tokens": args.max_tokens,
                 "max_response_chars": args.max_response_chars}
-    pairs = load_pairs(args.data, args.n)
+    pairs = load_pairs(args.data or data_path("ifbench"), args.n)
     args.workdir.mkdir(parents=True, exist_ok=True)
     inp = args.workdir / f"pairs-{args.n}.jsonl"
     inp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")

@@ -20,43 +20,34 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sets import candidates, read_rows
 
-from _common import (  # noqa: E402
-    DATA_DIR,
-    _read_jsonl,
-    bootstrap_ci,
-    paired_bootstrap_diff,
-    rb2_score,
-)
+from fliprm import f1_score
+from fliprm.eval.rb2_scoring import item_credit
+from fliprm.eval.stats import bootstrap_ci, paired_diff
+from fliprm.judges import top_indices
 
-from fliprm import f1_score  # noqa: E402
-
-FILES = {"focus4": "alpacaeval_focus4.jsonl", "pref4": "alpacaeval_pref4.jsonl"}
+#: the sets contrasted (their shoot-out records are read)
+SETS = ("focus4", "pref4")
 
 
-def _rows(name: str) -> list[dict]:
-    return _read_jsonl(DATA_DIR / FILES[name])
-
-
-def _cands(r: dict) -> list[str]:
-    chosen = r["chosen"][0] if isinstance(r["chosen"], list) else r["chosen"]
-    return [chosen, *r["rejected"]]
+def rb2_credit(rewards: list[float | None]) -> float:
+    """The RewardBench 2 tie rule (fliprm.eval's): 1/k for a k-way tie at the top."""
+    return item_credit(top_indices(rewards))
 
 
 def lengths(row: str, out: Path, cut: int) -> None:
-    rows = _rows("pref4")
+    rows = read_rows("pref4")
     recs = {x["id"]: x for x in map(json.loads, (out / row / "pref4.jsonl").read_text().splitlines())}
     pairs = [(r, recs[str(r.get("id", i))]) for i, r in enumerate(rows) if str(r.get("id", i)) in recs]
-    chosen_len = [len(_cands(r)[0]) for r, _ in pairs]
-    rejected_len = [len(c) for r, _ in pairs for c in _cands(r)[1:]]
-    longest = sum(1 for r, _ in pairs if len(_cands(r)[0]) == max(map(len, _cands(r))))
+    chosen_len = [len(candidates(r)[0]) for r, _ in pairs]
+    rejected_len = [len(c) for r, _ in pairs for c in candidates(r)[1:]]
+    longest = sum(1 for r, _ in pairs if len(candidates(r)[0]) == max(map(len, candidates(r))))
     corr = []
     for r, rec in pairs:
-        lens = [min(len(c), cut) for c in _cands(r)]
+        lens = [min(len(c), cut) for c in candidates(r)]
         rw = [-1.0 if x is None else x for x in rec["rewards"]]
         try:
             corr.append(statistics.correlation(lens, rw))
@@ -74,8 +65,8 @@ def lengths(row: str, out: Path, cut: int) -> None:
 
 
 def contrastive(row: str, out: Path, others: int) -> None:
-    for name in FILES:
-        rows = _rows(name)
+    for name in SETS:
+        rows = read_rows(name)
         path = out / row / f"{name}.jsonl"
         if not path.exists():
             continue
@@ -97,24 +88,24 @@ def contrastive(row: str, out: Path, others: int) -> None:
                     continue
                 own = f1_score(inferred, r["prompt"]).f1
                 scores.append(own - statistics.fmean(f1_score(inferred, p).f1 for p in pool))
-            base.append(rb2_score(rec["rewards"]))
-            con.append(rb2_score(scores))
-        d, lo, hi = paired_bootstrap_diff(con, base)
-        b_lo, b_hi = bootstrap_ci(base)
-        c_lo, c_hi = bootstrap_ci(con)
+            base.append(rb2_credit(rec["rewards"]))
+            con.append(rb2_credit(scores))
+        d, lo, hi = paired_diff(con, base)
+        b_lo, b_hi = bootstrap_ci([base])
+        c_lo, c_hi = bootstrap_ci([con])
         print(f"[{row}] {name} (n={len(base)}): F1 {statistics.fmean(base):.3f} [{b_lo:.2f},{b_hi:.2f}]"
               f"  contrastive {statistics.fmean(con):.3f} [{c_lo:.2f},{c_hi:.2f}]"
               f"  paired {d:+.3f} [{lo:+.3f},{hi:+.3f}]")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="flip-short")
     ap.add_argument("--out", type=Path, default=Path("runs/shootout"))
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--others", type=int, default=200, help="prompts to contrast against")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     for row in [r for r in args.rows.split(",") if r]:
         lengths(row, args.out, args.max_response_chars)
         contrastive(row, args.out, args.others)

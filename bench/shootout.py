@@ -25,28 +25,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    DATA_DIR,
-    bootstrap_ci,
-    load_average,
-    paired_bootstrap_diff,
-    peak_rss_mb,
-    print_table,
-    rb2_score,
-    wilson_ci,
-)
+from _common import load_average, peak_rss_mb, print_table, wilson_ci
+from sets import SETS, load_items
 
 from fliprm import FlipReward, ResponseCache
 from fliprm.config import PRESETS, RewardConfig, RuntimeOptions
+from fliprm.eval.rb2_scoring import item_credit
+from fliprm.eval.stats import bootstrap_ci, paired_diff
+from fliprm.judges import top_indices
 
 #: row name -> RewardConfig settings (on top of the library default) and a description
 #: F1 rows name their method and guard: since 2026-12-06 the library default is pmi + guard.
@@ -56,25 +48,25 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "default": ({}, "the library default as shipped (every entry point): pmi with the echo guard"),
     "paper": ({"preset": "paper"},
               "the reference path: reasoning first, unconstrained, F1 on the raw text on failure"),
-    "flip": ({**_F1, "template": "flip"}, "reasoning first, JSON-constrained (reasoning re-cut "
-             "at a sentence end when it reaches the cap)"),
+    "flip": ({**_F1, "template": "flip"}, ("reasoning first, JSON-constrained (reasoning re-cut "
+             "at a sentence end when it reaches the cap)")),
     "flip-short": (_F1, "the former library default: F1, instruction only, JSON-constrained"),
     "likelihood": ({**_RAW, "method": "likelihood"},
                    "mean log p(instruction | response), teacher-forced"),
-    "pmi": ({**_RAW, "method": "pmi"}, "likelihood minus the instruction's likelihood given an "
-            "empty response (sigmoid of the per-token PMI)"),
+    "pmi": ({**_RAW, "method": "pmi"}, ("likelihood minus the instruction's likelihood given an "
+            "empty response (sigmoid of the per-token PMI)")),
     "pmi-guard": ({"method": "pmi", "mask_echo": True}, "pmi with the echo guard"),
     "sampled-k3": ({**_F1, "samples": 3, "temperature": 0.7, "seed": 0},
                    "flip-short, mean F1 over 3 samples at temperature 0.7"),
     "flip-short-guard": ({"method": "f1", "mask_echo": True}, "flip-short with the echo guard"),
     "likelihood-guard": ({"method": "likelihood", "mask_echo": True},
                          "likelihood with the echo guard"),
-    "rl": ({"preset": "rl"}, "the RL default as shipped (fliprm serve, adapters): pmi, echo "
-           "guard, responses cut at 8,000 characters"),
-    "rl-noguard": ({"preset": "rl", "mask_echo": False}, "the RL default without the echo guard "
-                   "(the guard's cost on honest pairs)"),
-    "rl-f1": ({"preset": "rl", "method": "f1"}, "the RL preset on the F1 path (flip-short, "
-              "echo guard, parse failures None, 256 tokens, 8,000 characters)"),
+    "rl": ({"preset": "rl"}, ("the RL default as shipped (fliprm serve, adapters): pmi, echo "
+           "guard, responses cut at 8,000 characters")),
+    "rl-noguard": ({"preset": "rl", "mask_echo": False}, ("the RL default without the echo guard "
+                   "(the guard's cost on honest pairs)")),
+    "rl-f1": ({"preset": "rl", "method": "f1"}, ("the RL preset on the F1 path (flip-short, "
+              "echo guard, parse failures None, 256 tokens, 8,000 characters)")),
     "rl-f1-noguard": ({"preset": "rl", "method": "f1", "mask_echo": False},
                       "rl-f1 without the echo guard"),
     "flip-short-1.5b": ({**_F1, "backend": "embedded:qwen2.5-coder-1.5b"},
@@ -82,43 +74,6 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "likelihood-1.5b": ({**_RAW, "backend": "embedded:qwen2.5-coder-1.5b",
                          "method": "likelihood"}, "likelihood on the 1.5B model"),
 }
-
-SETS = {"focus4": "alpacaeval_focus4.jsonl", "pref4": "alpacaeval_pref4.jsonl",
-        "ifbench": "ifbench_sample_output.jsonl", "bon8": "alpacaeval_bon8.jsonl",
-        "hack": None}
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_items(name: str, n: int, attacks: set[str] | None = None) -> list[dict[str, Any]]:
-    """Items as ``{id, prompts: [...], responses: [...], labels?}``: candidate j is
-    ``(prompts[j], responses[j])``; candidate 0 is the right one (focus4, pref4, ifbench).
-    ``attacks`` keeps only those hacking attacks (all when None)."""
-    if name == "hack":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from hacking import hack_items
-
-        return [it for it in hack_items(n) if attacks is None or it["attack"] in attacks]
-    rows = _rows(DATA_DIR / SETS[name])
-    if name == "ifbench":
-        rows = rows[:n]
-        return [{"id": str(i), "prompts": [r["prompt"], rows[(i + 1) % len(rows)]["prompt"]],
-                 "responses": [r["response"], r["response"]]} for i, r in enumerate(rows)]
-    out = []
-    for i, r in enumerate(rows[:n]):
-        if name == "bon8":
-            out.append({"id": str(r.get("id", i)), "prompts": [r["prompt"]] * len(r["candidates"]),
-                        "responses": list(r["candidates"]), "labels": list(r["preference"])})
-            continue
-        chosen = r["chosen"][0] if isinstance(r["chosen"], list) else r["chosen"]
-        cands = [chosen, *r["rejected"]]
-        out.append({"id": str(r.get("id", i)), "prompts": [r["prompt"]] * len(cands),
-                    "responses": cands})
-    return out
-
 
 def build_config(row: str, max_response_chars: int) -> RewardConfig:
     settings = dict(ROWS[row][0])
@@ -201,14 +156,13 @@ def run_row(row: str, sets: dict[str, int], out: Path, threads: int, max_chars: 
 
 def _credit(rec: dict[str, Any], name: str, seed: int = 0) -> float:
     if name == "bon8":
-        rw = [(-math.inf if r is None else r) for r in rec["rewards"]]
-        top = [i for i, r in enumerate(rw) if r == max(rw)]
-        pick = random.Random(f"{seed}|{rec['id']}").choice(top)
+        # a tie at the top is broken by this seed (the records' reports depend on it)
+        pick = random.Random(f"{seed}|{rec['id']}").choice(top_indices(rec["rewards"]))
         return float(rec["labels"][pick])
     if name == "hack":  # 1 when the hacked response scores at least the honest one
         honest, hacked = rec["rewards"]
         return float((hacked if hacked is not None else -1) >= (honest if honest is not None else -1))
-    return rb2_score(rec["rewards"])
+    return item_credit(top_indices(rec["rewards"]))  # the RewardBench 2 tie rule
 
 
 def report(rows: list[str], sets: dict[str, int], out: Path, markdown: bool, ref: str) -> None:
@@ -280,13 +234,13 @@ def _line(label: str, row: str, recs: dict[str, Any], ids: list[str], name: str,
           by_row: dict[str, Any], ref: str) -> list[Any]:
     scores = [_credit(recs[i], name) for i in ids]
     n = len(ids)
-    mean = sum(scores) / n if n else math.nan
-    lo, hi = bootstrap_ci(scores)
+    mean = sum(scores) / n if n else float("nan")
+    lo, hi = bootstrap_ci([scores])
     diff = "-"
     if ref in by_row and row != ref:
-        d, dlo, dhi = paired_bootstrap_diff(scores, [_credit(by_row[ref][i], name) for i in ids])
+        d, dlo, dhi = paired_diff(scores, [_credit(by_row[ref][i], name) for i in ids])
         diff = f"{d:+.3f} [{dlo:+.3f},{dhi:+.3f}]"
-    ties = sum(1 for i in ids if _tied(recs[i]))
+    ties = sum(1 for i in ids if len(top_indices(recs[i]["rewards"])) > 1)
     secs = sum(recs[i]["seconds"] for i in ids)
     toks = sum(recs[i]["prompt_tokens"] + recs[i]["completion_tokens"] for i in ids)
     return [label, row, n, f"{mean:.3f} [{lo:.2f},{hi:.2f}]", diff, ties,
@@ -295,12 +249,7 @@ def _line(label: str, row: str, recs: dict[str, Any], ids: list[str], name: str,
             sum(len(recs[i]["errors"]) for i in ids)]
 
 
-def _tied(rec: dict[str, Any]) -> bool:
-    rw = [(-math.inf if r is None else r) for r in rec["rewards"]]
-    return sum(1 for r in rw if r == max(rw)) > 1
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="flip-short,flip", help=f"any of {','.join(ROWS)}")
     ap.add_argument("--sets", default="focus4=40,pref4=40,ifbench=50",
@@ -319,7 +268,7 @@ def main() -> None:
     ap.add_argument("--ref", default="paper", help="row the paired differences are taken to")
     ap.add_argument("--attacks", default="",
                     help="with --sets hack=N: only these attacks (comma-separated; default all)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:

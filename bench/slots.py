@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from _common import DATA_DIR, print_table
+from _common import print_table
+from sets import read_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     b.start()
     server, auth = b._server, {"Authorization": f"Bearer {b.api_key}"}
     fam = RewardConfig().family()
-    rows = [json.loads(x) for x in (DATA_DIR / "ifbench_sample_output.jsonl").read_text()
-            .splitlines() if x.strip()][10 : 10 + n]
+    rows = read_rows("ifbench")[10 : 10 + n]
     forced_jobs = []
     for r in rows:
         msgs = render(Item(r["prompt"][:400], r["response"][:600], None, fam.main, "bench"))

@@ -45,22 +45,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, peak_rss_mb, print_table
+from sets import BenchItem, load_set
 
-from _common import (
-    BenchItem,
-    bootstrap_ci,
-    load_average,
-    load_set,
-    paired_bootstrap_diff,
-    peak_rss_mb,
-    print_table,
-    rb2_score,
-)
-
-from fliprm import FlipReward
-from fliprm._types import Completion, GenerateRequest
-from fliprm.reward import FlipResult
+from fliprm import Completion, FlipResult, FlipReward, GenerateRequest
+from fliprm.eval.rb2_scoring import item_credit
+from fliprm.eval.stats import bootstrap_ci, paired_diff
+from fliprm.judges import top_indices
 
 #: row name -> (FlipReward keyword arguments, how it runs). "sequential" = the reference's
 #: one-call-at-a-time loop; "batch" = fliprm's ascore over the whole set.
@@ -142,7 +133,7 @@ class RowResult:
         return sum(self.scores) / len(self.scores) if self.scores else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        lo, hi = bootstrap_ci(self.scores)
+        lo, hi = bootstrap_ci([self.scores])
         d = {k: v for k, v in self.__dict__.items()}
         d.update(
             items_per_s=self.items_per_s,
@@ -203,10 +194,9 @@ async def run_row(
     for it in items:
         rewards = [results[k + j].reward for j in it.group]
         k += len(it.pairs)
-        s = rb2_score(rewards)
-        vals = [(-math.inf if r is None else r) for r in rewards]
-        ties += sum(1 for v in vals if v == max(vals)) > 1
-        scores.append(s)
+        top = top_indices(rewards)
+        ties += len(top) > 1
+        scores.append(item_credit(top))  # the RewardBench 2 tie rule
     comps = rec.completions
     errors = [r for r in results if r.error]
     return RowResult(
@@ -279,7 +269,7 @@ def _save(report: dict[str, Any], path: Path) -> None:
 
 
 def _fmt_ci(scores: list[float]) -> str:
-    lo, hi = bootstrap_ci(scores)
+    lo, hi = bootstrap_ci([scores])
     return f"{sum(scores) / len(scores):.3f} [{lo:.2f},{hi:.2f}]" if scores else "-"
 
 
@@ -303,7 +293,7 @@ def table_rows(results: list[RowResult]) -> list[list[str]]:
         n = max(r.n_items, 1)
         speed = f"{r.items_per_s / ref.items_per_s:.2f}x" if ref and ref.items_per_s else "-"
         if ref and r is not ref and len(ref.scores) == len(r.scores):
-            d, lo, hi = paired_bootstrap_diff(r.scores, ref.scores)
+            d, lo, hi = paired_diff(r.scores, ref.scores)
             delta = f"{d:+.3f} [{lo:+.2f},{hi:+.2f}]"
         else:
             delta = "-"

@@ -21,7 +21,9 @@ GOOD = ["**Morning**", "fresh leaf", "only two came to mind"]
 
 
 @pytest.fixture
-def bench():
+def bench(monkeypatch):
+    # as ``python bench/bon_verified.py`` has it: bench/ on the path for its sibling modules
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bon_verified", ROOT / "bench" / "bon_verified.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
