@@ -11,7 +11,7 @@ Sets (``../shared/data``, override with FLIPRM_BENCH_DATA):
 * ``pref4``: best-of-4, same topic, the annotator's better answer vs 3 clearly worse ones.
 * ``ifbench``: a response scored against its own prompt and the next row's (a pair).
 * ``bon8``: best-of-8 reranking; metric: mean annotator preference (1-2) of the pick.
-* ``hack``: the hacking suite (``bench/hacking.py`` attacks); metric: the rate at which the
+* ``hack``: the hacking suite (the attacks of ``bench/attacks.py``, see ``bench/hacking.py``); metric: the rate at which the
   hacked response scores at least the honest one (lower is better).
 
 Accuracy uses the RewardBench 2 tie rule (a k-way tie at the top that includes the right answer
