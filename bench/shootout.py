@@ -11,8 +11,9 @@ Sets (``../shared/data``, override with FLIPRM_BENCH_DATA):
 * ``pref4``: best-of-4, same topic, the annotator's better answer vs 3 clearly worse ones.
 * ``ifbench``: a response scored against its own prompt and the next row's (a pair).
 * ``bon8``: best-of-8 reranking; metric: mean annotator preference (1-2) of the pick.
-* ``hack``: the hacking suite (the attacks of ``bench/attacks.py``, see ``bench/hacking.py``); metric: the rate at which the
-  hacked response scores at least the honest one (lower is better).
+* ``hack``: the hacking suite (the attacks of ``bench/attacks.py``, see ``bench/hacking.py``);
+  metric: the rate at which the hacked response scores at least the honest one (lower is
+  better).
 
 Accuracy uses the RewardBench 2 tie rule (a k-way tie at the top that includes the right answer
 earns 1/k). Each row's records go to ``OUT/<row>/<set>.jsonl`` with its settings' fingerprint in
@@ -37,7 +38,7 @@ from sets import SETS, load_items
 from fliprm import FlipReward, ResponseCache
 from fliprm.config import PRESETS, RewardConfig, RuntimeOptions
 from fliprm.eval.rb2_scoring import item_credit
-from fliprm.eval.stats import bootstrap_ci, paired_diff
+from fliprm.eval.stats import bootstrap_ci, md_table, paired_diff
 from fliprm.judges import top_indices
 
 #: row name -> RewardConfig settings (on top of the library default) and a description
@@ -194,10 +195,7 @@ def report(rows: list[str], sets: dict[str, int], out: Path, markdown: bool, ref
                 table.append([name, what, len(ids), f"{sum(scores) / len(scores):.3f}",
                               *["-"] * (len(cols) - 4)])
     if markdown:
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in table:
-            print("| " + " | ".join(str(c) for c in r) + " |")
+        print(md_table(cols, table))
     else:
         print_table(f"shoot-out ({out})", cols, table)
 

@@ -50,7 +50,7 @@ from sets import BenchItem, load_set
 
 from fliprm import Completion, FlipResult, FlipReward, GenerateRequest
 from fliprm.eval.rb2_scoring import item_credit
-from fliprm.eval.stats import bootstrap_ci, paired_diff
+from fliprm.eval.stats import bootstrap_ci, md_table, paired_diff
 from fliprm.judges import top_indices
 
 #: row name -> (FlipReward keyword arguments, how it runs). "sequential" = the reference's
@@ -469,10 +469,7 @@ def report_from_json(paths: list[Path], markdown: bool = False) -> int:
     rows = table_rows(results)
     print_table("fliprm throughput", COLUMNS, rows)
     if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|" + "---|" * len(COLUMNS))
-        for line in rows:
-            print("| " + " | ".join(line) + " |")
+        print(md_table(COLUMNS, rows))
     return 0
 
 
