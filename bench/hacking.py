@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     n = str(DEFAULT_N)
     if "--n" in args:
         k = args.index("--n")
+        if k + 1 == len(args):
+            raise SystemExit("--n needs a number: the pairs per attack")
         n = args[k + 1]
         del args[k : k + 2]
     shootout.main(["--sets", f"hack={n}", *args])

@@ -135,6 +135,8 @@ def test_hacking_calls_shootout_main_with_its_argv(bench, monkeypatch):
     hacking.main(["--rows", "rl"])
     assert seen == [["--sets", "hack=7", "--rows", "rl", "--report"], ["--sets", "hack=20", "--rows", "rl"]]
     assert sys.argv == argv_before
+    with pytest.raises(SystemExit, match="--n needs"):
+        hacking.main(["--rows", "rl", "--n"])
 
 
 def test_load_items_one_format_for_every_set(bench):
