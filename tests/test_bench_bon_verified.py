@@ -157,11 +157,15 @@ def test_report_waits_for_every_row_and_refuses_changed_candidates(bench, result
         bench.main([*args, "--rows", "flip-short", "--report"])
 
 
-def test_bad_candidates_file(bench, tmp_path):
+def test_bad_candidates_file(bench, tmp_path, capsys):
+    # a key without all its samples (k = 0..n-1) is a prompt bon_generate.py is still writing:
+    # left out and named (never a shifted first-N pool), the report waits for it
     (tmp_path / "candidates-ifbench.jsonl").write_text(json.dumps(
         {"key": "a", "prompt": "P", "instruction_id_list": [], "kwargs": [], "k": 1,
          "response": "x"}) + "\n")
-    with pytest.raises(SystemExit, match=r"key 'a' has k=\[1\], expected 0..0"):
-        bench.main(["--sets", "ifbench", "--results", str(tmp_path), "--report"])
+    bench.main(["--sets", "ifbench", "--results", str(tmp_path), "--report"])
+    out, err = capsys.readouterr()
+    assert "candidates-ifbench.jsonl: 1 prompt(s) without all 1 samples yet, left for later: a" in err
+    assert "No prompt is ready." in out
     with pytest.raises(SystemExit, match="candidates not found"):
         bench.main(["--sets", "ifeval", "--results", str(tmp_path), "--report"])
