@@ -41,6 +41,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,21 @@ from typing import Any
 from _common import load_average, peak_rss_mb, print_table
 from sets import BenchItem, load_set
 
-from fliprm import Completion, FlipResult, FlipReward, GenerateRequest
+from fliprm import Completion, FlipResult, FlipReward, GenerateRequest, ResponseCache
 from fliprm.eval.rb2_scoring import item_credit
 from fliprm.eval.stats import bootstrap_ci, md_table, paired_diff
 from fliprm.judges import top_indices
 
 #: row name -> (FlipReward keyword arguments, how it runs). "sequential" = the reference's
 #: one-call-at-a-time loop; "batch" = fliprm's ascore over the whole set.
-SHORT: dict[str, Any] = {"template": "flip-short", "constrained": True, "max_tokens": 64}
+#: The rows name their method and guard: since 2026-12-06 the library default (``default``) is
+#: pmi with the echo guard, and the rows must keep measuring what they measured on 2026-11-22.
+_F1 = {"method": "f1", "mask_echo": False}
+SHORT: dict[str, Any] = {**_F1, "template": "flip-short", "constrained": True, "max_tokens": 64}
 ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "reference": (
-        {"template": "flip", "constrained": False, "parse_failure": "raw", "max_tokens": 512},
+        {**_F1, "template": "flip", "constrained": False, "parse_failure": "raw",
+         "max_tokens": 512},
         "sequential",
     ),
     "default": ({}, "batch"),
@@ -66,8 +71,9 @@ ROWS: dict[str, tuple[dict[str, Any], str]] = {
     "short64-t600": ({**SHORT, "max_response_chars": 600}, "batch"),
     "short64-t1200": ({**SHORT, "max_response_chars": 1200}, "batch"),
     "short64-t2400": ({**SHORT, "max_response_chars": 2400}, "batch"),
-    "likelihood": ({"method": "likelihood"}, "batch"),
-    "likelihood-t1200": ({"method": "likelihood", "max_response_chars": 1200}, "batch"),
+    "likelihood": ({"method": "likelihood", "mask_echo": False}, "batch"),
+    "likelihood-t1200": ({"method": "likelihood", "mask_echo": False,
+                          "max_response_chars": 1200}, "batch"),
     # second pass of the short64 configuration over a response cache it filled (see run_set)
     "cache-warm": (SHORT, "batch"),
 }
@@ -84,12 +90,12 @@ class RecordingBackend:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.name = inner.name
-        self.model_id = inner.model_id
-        self.supports_json_schema = inner.supports_json_schema
-        self.supports_forced_decoding = inner.supports_forced_decoding
-        self.max_concurrency = inner.max_concurrency
         self.completions: list[Completion] = []
+
+    def __getattr__(self, name: str) -> Any:
+        # everything else of the Backend protocol (name, capabilities, cache_identity, ...)
+        # is the shared backend's own, so the protocol can grow without this wrapper
+        return getattr(self.inner, name)
 
     async def generate(self, request: GenerateRequest) -> Completion:
         comp = await self.inner.generate(request)
@@ -144,29 +150,24 @@ class RowResult:
         return d
 
 
-async def _score_reference(rm: FlipReward, items: list[BenchItem]) -> list[FlipResult]:
-    """The reference path: one call at a time, no cache, no batching.
+async def _score_reference(make: Callable[[], FlipReward],
+                           items: list[BenchItem]) -> list[FlipResult]:
+    """The reference path: one call at a time, no batching, no cache across items.
 
     The F1 standalone call does not see the instruction, so within one item a response that is
     scored against two instructions (an IFBench pair) needs one call; the second instruction is
-    scored on the same completion. The reference code would call twice; crediting it with one
-    call makes every speed-up below conservative.
+    scored on the same completion (served by the item's own in-memory cache, ``cached``). The
+    reference code would call twice; crediting it with one call makes every speed-up below
+    conservative.
     """
     out: list[FlipResult] = []
     for it in items:
-        done: dict[str, FlipResult] = {}
-        for x, y in it.pairs:
-            prev = done.get(y)
-            if prev is not None and prev.raw_output is not None:
-                # same completion, another instruction: rescore exactly as FlipReward would
-                comp = Completion(text=prev.raw_output)
-                res = rm._f1_result(comp, x)
-                res.truncated = prev.truncated
-                res.cached = True
-            else:
-                res = await rm.ascore_one(x, y)
-                done[y] = res
-            out.append(res)
+        rm = make()  # a fresh cache per item: nothing carries over to the next item
+        try:
+            for x, y in it.pairs:
+                out.append(await rm.ascore_one(x, y))
+        finally:
+            await rm.aclose()
     return out
 
 
@@ -182,7 +183,8 @@ async def run_row(
     resps = [y for it in items for _, y in it.pairs]
     t0 = time.perf_counter()
     if mode == "sequential":
-        results = await _score_reference(rm, items)
+        results = await _score_reference(
+            lambda: FlipReward(rec, cache=ResponseCache(":memory:"), **kwargs), items)
     else:
         results = await rm.ascore(instrs, resps)
     wall = time.perf_counter() - t0

@@ -224,3 +224,35 @@ def test_paired_diff_is_the_bootstrap_of_the_per_item_difference():
     assert (lo, hi) == bootstrap_ci([[1.0, 0.0, 0.0, -0.5]])
     with pytest.raises(ValueError, match="same length"):
         paired_diff([1.0], [1.0, 0.0])
+
+
+def test_throughput_reference_row_scores_a_pair_with_one_call(bench):
+    """The reference path (F1, template flip, raw fallback) credits an IFBench pair with one
+    call: the second instruction is scored on the same completion, from the item's own cache."""
+    import asyncio
+
+    from fliprm.backends.fake import FakeBackend
+
+    throughput, sets = bench("throughput"), bench("sets")
+
+    def reply(req):  # infers "Prompt 0." for every response: right for item 0 only
+        return '{"REASONING": "r", "INFERRED INSTRUCTION": "Prompt 0."}'
+
+    backend = FakeBackend(replies=reply)
+    items = sets.load_set("ifbench", 2)
+    row = asyncio.run(throughput.run_row("reference", backend, items, None))
+    assert len(backend.calls) == 2 and row.calls == 2  # one per response, not per pair
+    assert row.served_from_cache == 2 and row.errors == 0
+    # F1 to the own / the next prompt: item 0 1.0 vs 0.5 (right), item 1 0.5 vs 1.0 (wrong)
+    assert row.scores == [1.0, 0.0] and row.ties == 0
+    assert all(c.forced_text is None for c in backend.calls)
+
+
+def test_throughput_rows_name_their_method(bench):
+    """Since the library default is pmi + guard, the F1 rows say so; only ``default`` follows
+    the library."""
+    rows = bench("throughput").ROWS
+    f1 = [r for r in rows if r == "reference" or r.startswith(("short64", "cache-warm"))]
+    assert all(rows[r][0]["method"] == "f1" and rows[r][0]["mask_echo"] is False for r in f1)
+    assert all(rows[r][0]["mask_echo"] is False for r in rows if r.startswith("likelihood"))
+    assert rows["default"][0] == {}
