@@ -1,0 +1,277 @@
+"""Issue 22, part 2: outcomes as types, not text.
+
+A context overflow is a :class:`ContextOverflow` raised by the backend that learns it (the
+server's reply, parsed once at the boundary: recorded replies in ``fixtures/overflow/``); the
+reward catches the type. Every failed result carries an ``error_kind``; summaries count by
+kind; the item's place ("item 3", "line 7") is given to the scorer as data and written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fliprm import FlipReward
+from fliprm._types import Completion, GenerateRequest
+from fliprm.backends.embedded import EmbeddedBackend
+from fliprm.backends.fake import FakeBackend
+from fliprm.backends.openai import OpenAIBackend
+from fliprm.batch import score_file
+from fliprm.errors import (
+    ERROR_KINDS,
+    BackendTimeout,
+    BadResponse,
+    ContextOverflow,
+    InputError,
+    format_error_counts,
+)
+from fliprm.result import FlipResult
+
+FIXTURES = Path(__file__).parent / "fixtures" / "overflow"
+ANSWER = '{"INFERRED INSTRUCTION": "Say hi."}'
+F1 = {"method": "f1", "mask_echo": False, "max_retries": 0}
+
+
+def recorded(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+# ---- the reward catches the type ------------------------------------------------------------
+
+
+def test_an_overflow_from_the_backend_cuts_the_response_by_its_counts_not_its_message():
+    """The message says nothing a regex could read: only the exception's counts are used."""
+    seen: list[int] = []
+
+    def reply(req: GenerateRequest) -> str | ContextOverflow:
+        n = len(req.messages[-1]["content"])
+        seen.append(n)
+        if n > 1000:  # ~1 token per character here: 8000 chars is 8000 tokens
+            return ContextOverflow(n, 1000, "no numbers in this message")
+        return ANSWER
+
+    rm = FlipReward(FakeBackend(reply), max_tokens=32, **F1)
+    res = rm.score(["Say hi."], ["hi " * 2700])[0]
+    assert res.error is None and res.error_kind is None
+    assert res.truncated and res.reward == 1.0
+    assert seen[0] > 8000 and seen[-1] <= 1000 and len(seen) == 2
+
+
+def test_an_overflow_that_never_fits_is_kind_overflow():
+    fb = FakeBackend(lambda req: ContextOverflow(None, None, "too long"))
+    res = FlipReward(fb, **F1).score(["Say hi."], ["hi " * 200])[0]
+    assert res.reward is None and res.error_kind == "overflow"
+    assert res.error.startswith("item 0: ContextOverflow: the prompt does not fit")
+
+
+def test_llama_cpp_wording_in_a_plain_bad_response_is_not_parsed_as_an_overflow():
+    """The reward reads types only: the old message regex is gone."""
+    msg = "request (9000 tokens) exceeds the available context size (8192 tokens)"
+    fb = FakeBackend(lambda req: BadResponse(msg))
+    res = FlipReward(fb, **F1).score(["Say hi."], ["hi " * 200])[0]
+    assert res.error_kind == "backend" and len(fb.calls) == 1  # no cut-and-retry
+
+
+@pytest.mark.parametrize(("reply", "kind", "where"), [
+    (BackendTimeout("no reply within 1s"), "timeout", "item 0: BackendTimeout"),
+    (BadResponse("HTTP 404"), "backend", "item 0: BadResponse"),
+    ("not json at all", "parse", "item 0: parse failure"),
+])
+def test_each_failure_has_its_kind(reply, kind, where):
+    rm = FlipReward(FakeBackend(lambda req: reply), parse_failure="error", **F1)
+    res = rm.score(["Say hi."], ["hi"])[0]
+    assert (res.error_kind, res.error[:len(where)]) == (kind, where)
+
+
+def test_bad_input_and_internal_kinds():
+    rm = FlipReward(FakeBackend([ANSWER]), **F1)
+    res = rm.score(["Say hi."], [None])[0]
+    assert (res.error_kind, res.error) == ("bad_input", "item 0: field 'response' is missing (null)")
+
+    def boom(req: GenerateRequest) -> str:
+        raise KeyError("bug")
+
+    res = FlipReward(FakeBackend(boom), **F1).score(["Say hi."], ["hi"])[0]
+    assert res.error_kind == "internal" and res.error.startswith("item 0: internal error: KeyError")
+
+
+def test_the_caller_names_the_items_once():
+    rm = FlipReward(FakeBackend(lambda req: ANSWER), **F1)
+
+    async def run() -> dict[int, FlipResult]:
+        return {i: r async for i, r in rm.ascore_stream(["a", "b"], ["x", None],
+                                                         where=lambda i: f"line {i + 7}")}
+
+    got = asyncio.run(run())
+    assert got[1].error == "line 8: field 'response' is missing (null)"
+    assert got[0].error is None
+
+
+def test_kinds_are_a_closed_set_and_counted_in_words():
+    assert ERROR_KINDS == ("bad_input", "backend", "timeout", "overflow", "parse", "internal")
+    assert format_error_counts({"timeout": 1, "bad_input": 2}) == "3 (2 bad_input, 1 timeout)"
+    assert format_error_counts({}) == "0"
+
+
+def test_input_error_keeps_its_place_as_data():
+    exc = InputError("field 'response' is missing", where="line 4")
+    assert (str(exc), exc.where, exc.detail) == (
+        "line 4: field 'response' is missing", "line 4", "field 'response' is missing")
+
+
+# ---- the backends parse the server's reply into the type ------------------------------------
+
+
+@pytest.mark.parametrize(("name", "n_prompt", "n_ctx"), [
+    ("llamacpp.json", 9312, 8192),
+    ("vllm.json", 5000, 4096),
+    ("vllm_max_tokens.json", 2778, 4096),
+    ("vllm_old.json", 4188, 4096),
+])
+def test_openai_backend_turns_a_recorded_400_into_context_overflow(name, n_prompt, n_ctx):
+    body = recorded(name)
+    backend = OpenAIBackend(base_url="http://judge.test/v1", model="m", dialect="vllm")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json=body)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        backend._clients[loop] = httpx.AsyncClient(
+            base_url=backend.base_url, transport=httpx.MockTransport(handler))
+        try:
+            await backend.generate(GenerateRequest(messages=({"role": "user", "content": "x"},)))
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(ContextOverflow) as info:
+        asyncio.run(run())
+    assert (info.value.n_prompt, info.value.n_ctx, info.value.status_code) == (n_prompt, n_ctx, 400)
+
+
+def test_openai_backend_leaves_other_400s_as_bad_response():
+    backend = OpenAIBackend(base_url="http://judge.test/v1", model="m", dialect="vllm")
+    body = {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError"}}
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        backend._clients[loop] = httpx.AsyncClient(
+            base_url=backend.base_url,
+            transport=httpx.MockTransport(lambda r: httpx.Response(400, json=body)))
+        await backend.generate(GenerateRequest(messages=({"role": "user", "content": "x"},)))
+
+    with pytest.raises(BadResponse) as info:
+        asyncio.run(run())
+    assert not isinstance(info.value, ContextOverflow)
+
+
+class _Runtime:
+    """Stands in for xllamacpp.Server: answers every call with a recorded reply."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
+
+    def handle_chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.reply
+
+    def handle_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.reply
+
+
+def test_embedded_backend_turns_llama_cpp_reply_into_context_overflow():
+    backend = EmbeddedBackend()
+    backend._server = _Runtime(recorded("llamacpp.json"))  # loaded: start() returns at once
+    req = GenerateRequest(messages=({"role": "user", "content": "x"},))
+    with pytest.raises(ContextOverflow) as info:
+        asyncio.run(backend.generate(req))
+    assert (info.value.n_prompt, info.value.n_ctx) == (9312, 8192)
+    assert str(info.value).startswith("llama.cpp: request (9312 tokens)")
+
+
+def test_embedded_backend_other_errors_stay_bad_response():
+    backend = EmbeddedBackend()
+    backend._server = _Runtime({"error": {"code": 400, "message": "bad grammar",
+                                          "type": "invalid_request_error"}})
+    req = GenerateRequest(messages=({"role": "user", "content": "x"},))
+    with pytest.raises(BadResponse) as info:
+        asyncio.run(backend.generate(req))
+    assert not isinstance(info.value, ContextOverflow)
+    assert str(info.value) == "llama.cpp: bad grammar"
+
+
+def test_context_overflow_survives_pickling():
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(ContextOverflow(9, 8, "m", status_code=413)))
+    assert (type(exc), exc.n_prompt, exc.n_ctx, str(exc), exc.status_code) == (
+        ContextOverflow, 9, 8, "m", 413)
+
+
+# ---- results, records and summaries carry the kind ------------------------------------------
+
+
+def _judge(req: GenerateRequest) -> str | Completion | BackendTimeout:
+    if "slow" in req.messages[-1]["content"]:
+        return BackendTimeout("no reply within 1s")
+    return ANSWER
+
+
+def test_batch_records_and_summary_count_errors_by_kind(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"id": "a", "instruction": "Say hi.", "response": "hi"},
+        {"id": "b", "instruction": "Say hi."},                      # no response
+        {"id": "c", "instruction": "Say hi.", "response": "slow"},  # times out
+        "{broken",
+        {"id": "a", "instruction": "Say hi.", "response": "hi"},    # duplicate id
+    ]
+    inp.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows),
+                   encoding="utf-8")
+    rm = FlipReward(FakeBackend(_judge), **F1)
+    s = asyncio.run(score_file(rm, inp, tmp_path / "out.jsonl"))
+    assert s.errors == 4
+    assert dict(s.error_kinds) == {"bad_input": 3, "timeout": 1}
+    out = {r["line"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert {k: out[k]["error_kind"] for k in out} == {
+        1: None, 2: "bad_input", 3: "timeout", 4: "bad_input", 5: "bad_input"}
+    assert out[3]["error"].startswith("line 3: BackendTimeout: ")  # named once, by line
+
+    # a resumed run counts the kinds already in the output; records without the field (written
+    # before it existed) count as "unknown"
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    old = [json.loads(x) for x in lines]
+    for r in old:
+        if r["line"] == 4:
+            del r["error_kind"]
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    s2 = asyncio.run(score_file(rm, inp, tmp_path / "out.jsonl"))
+    assert s2.skipped == 5 and s2.errors == 0
+    assert dict(s2.error_kinds_before) == {"bad_input": 2, "timeout": 1, "unknown": 1}
+
+
+def test_cli_score_summary_names_the_kinds(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from fliprm.backends import fake as fake_module
+    from fliprm.cli import score as score_cli
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"instruction": "Say hi.", "response": "slow"}) + "\n"
+                   + json.dumps({"instruction": "Say hi."}) + "\n"
+                   + json.dumps({"instruction": "Say hi."}) + "\n", encoding="utf-8")
+    monkeypatch.setattr(fake_module, "scripted_reply", _judge)
+    app = typer.Typer()
+    score_cli.register(app)
+    app.command("noop")(lambda: None)  # two commands: "score" is then a subcommand, as in fliprm
+    res = CliRunner().invoke(app, ["score", str(inp), "-o", str(tmp_path / "o.jsonl"), "-b",
+                                   "fake", "--method", "f1", "--max-retries", "0"],
+                             env={"COLUMNS": "2000"})
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1, text
+    assert "errors (this run) │ 3 (2 bad_input, 1 timeout)" in text
