@@ -275,3 +275,113 @@ def test_cli_score_summary_names_the_kinds(tmp_path, monkeypatch):
     text = " ".join(res.output.split())
     assert res.exit_code == 1, text
     assert "errors (this run) │ 3 (2 bad_input, 1 timeout)" in text
+
+
+# ---- Ray: rows and summaries carry the kind -------------------------------------------------
+
+
+def _shard_batch(rows: list[dict[str, Any]]) -> Any:
+    pa = pytest.importorskip("pyarrow")
+    return pa.Table.from_pylist(rows)
+
+
+def test_ray_scorer_rows_carry_kinds_and_lines_without_rewriting(monkeypatch):
+    """The actor's callable, without Ray: an item that times out, one the reader refused, one
+    that scores; errors name the input line."""
+    from fliprm.backends import fake as fake_module
+    from fliprm.config import RewardConfig, RuntimeOptions
+    from fliprm.scale._ray import FlipBatchScorer
+
+    monkeypatch.setattr(fake_module, "scripted_reply", _judge)
+    scorer = FlipBatchScorer(RewardConfig(backend="fake", method="f1"),
+                             RuntimeOptions(max_retries=0))
+    args = lambda resp: json.dumps(["Say hi.", resp, None])  # noqa: E731
+    batch = _shard_batch([
+        {"shard": 0, "id": "a", "line": 3, "args": args("hi"), "error": None},
+        {"shard": 0, "id": "b", "line": 4, "args": args("slow"), "error": None},
+        {"shard": 0, "id": None, "line": 5, "args": None, "error": "line 5: invalid JSON"},
+        {"shard": 0, "id": "c", "line": 6, "args": args(None), "error": None},
+    ])
+    out = {r["line"]: r for r in scorer(batch).to_pylist()}
+    assert {k: out[k]["error_kind"] for k in out} == {
+        3: None, 4: "timeout", 5: "bad_input", 6: "bad_input"}
+    assert out[4]["error"].startswith("line 4: BackendTimeout: ")
+    assert out[6]["error"] == "line 6: field 'response' is missing (null)"
+
+
+def test_ray_shard_report_and_summary_count_by_kind(tmp_path):
+    from fliprm.scale._ray import RaySummary, _count_errors, _report
+    from fliprm.scale._shards import write_shard
+
+    rows = [{"id": None, "line": 1, **FlipResult(reward=0.5).to_dict()},
+            {"id": None, "line": 2, **FlipResult(reward=None, error="line 2: x",
+                                                 error_kind="timeout").to_dict()},
+            {"id": None, "line": 3, **FlipResult(reward=None, error="line 3: y",
+                                                 error_kind="bad_input").to_dict()}]
+    for r in rows:
+        r["extra"] = None
+    summary = RaySummary()
+    path = write_shard(tmp_path, 0, rows)
+    report = _report(0, rows, path, summary)
+    assert report.error_kinds == {"timeout": 1, "bad_input": 1}
+    assert dict(summary.error_kinds) == {"timeout": 1, "bad_input": 1}
+    assert dict(_count_errors(path)) == {"timeout": 1, "bad_input": 1}
+
+
+@pytest.mark.slow
+def test_ray_end_to_end_summary_counts_errors_by_kind(tmp_path):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from fliprm.config import RewardConfig
+    from fliprm.scale import score_file_ray
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(x + "\n" for x in [
+        json.dumps({"id": "a", "instruction": "Name a color.", "response": "Blue."}),
+        "{broken",
+        json.dumps({"id": "c", "instruction": "no response"}),
+    ]), encoding="utf-8")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = score_file_ray(path, tmp_path / "ray", config=RewardConfig(backend="fake"),
+                           shard_size=2, progress=False)
+        assert (s.scored, s.errors, dict(s.error_kinds)) == (3, 2, {"bad_input": 2})
+        rows = [r for f in sorted((tmp_path / "ray").glob("shard-*.parquet"))
+                for r in pytest.importorskip("pyarrow.parquet").read_table(f).to_pylist()]
+        assert [r["error_kind"] for r in rows] == [None, "bad_input", "bad_input"]
+        again = score_file_ray(path, tmp_path / "ray", config=RewardConfig(backend="fake"),
+                               shard_size=2, progress=False)
+        assert (again.shards_skipped, dict(again.error_kinds_before)) == (2, {"bad_input": 2})
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---- the server: replies and /metrics carry the kind -----------------------------------------
+
+
+def test_server_results_and_metrics_count_errors_by_kind():
+    pytest.importorskip("fastapi")
+    from fliprm.server import ServerThread, create_app
+
+    rm = FlipReward(FakeBackend(_judge), **F1)
+    items = [{"instruction": "Say hi.", "response": "hi"},
+             {"instruction": "x" * 50, "response": "hi"},         # over the server's limit
+             {"instruction": "Say hi.", "response": "slow"},      # times out
+             {"instruction": "Say hi.", "response": None}]        # no response
+    with ServerThread(create_app(rm, max_wait_ms=5, max_instruction_chars=40)) as srv:
+        got = httpx.post(srv.url + "/v1/score", json={"items": items}, timeout=30).json()
+        text = httpx.get(srv.url + "/metrics", timeout=30).text
+    res = got["results"]
+    assert [r["error_kind"] for r in res] == [None, "bad_input", "timeout", "bad_input"]
+    # items scored apart from a refused one keep their place in the request
+    assert res[2]["error"].startswith("item 2: BackendTimeout")
+    assert res[3]["error"] == "item 3: field 'response' is missing (null)"
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("fliprm_item_error_kinds_total{")}
+    # the over-long instruction is counted as refused (rejected_total), not as a scored item
+    assert counts == {'fliprm_item_error_kinds_total{kind="bad_input"}': 1.0,
+                      'fliprm_item_error_kinds_total{kind="timeout"}': 1.0}
+    assert "fliprm_item_errors_total 2" in text

@@ -239,10 +239,13 @@ class FlipReward:
         instructions: Sequence[Any],
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
+        *,
+        where: Callable[[int], str] | None = None,
     ) -> list[FlipResult]:
-        """Score a batch; results come back in input order. Bad items get an error result."""
+        """Score a batch; results come back in input order. Bad items get an error result
+        (``where``: how errors name item ``i``, see :meth:`ascore_stream`)."""
         results: list[FlipResult | None] = [None] * len(instructions)
-        async for i, res in self.ascore_stream(instructions, responses, contexts):
+        async for i, res in self.ascore_stream(instructions, responses, contexts, where=where):
             results[i] = res
         return [r for r in results if r is not None]
 
@@ -251,9 +254,11 @@ class FlipReward:
         instructions: Sequence[Any],
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
+        *,
+        where: Callable[[int], str] | None = None,
     ) -> list[FlipResult]:
         """Synchronous twin of :meth:`ascore` (works inside a running event loop too)."""
-        return self._portal.run(self.ascore(instructions, responses, contexts))
+        return self._portal.run(self.ascore(instructions, responses, contexts, where=where))
 
     async def ascore_stream(
         self,
