@@ -295,7 +295,10 @@ def test_ray_scorer_rows_carry_kinds_and_lines_without_rewriting(monkeypatch):
     monkeypatch.setattr(fake_module, "scripted_reply", _judge)
     scorer = FlipBatchScorer(RewardConfig(backend="fake", method="f1"),
                              RuntimeOptions(max_retries=0))
-    args = lambda resp: json.dumps(["Say hi.", resp, None])  # noqa: E731
+
+    def args(resp: str | None) -> str:
+        return json.dumps(["Say hi.", resp, None])
+
     batch = _shard_batch([
         {"shard": 0, "id": "a", "line": 3, "args": args("hi"), "error": None},
         {"shard": 0, "id": "b", "line": 4, "args": args("slow"), "error": None},
@@ -385,3 +388,70 @@ def test_server_results_and_metrics_count_errors_by_kind():
     assert counts == {'fliprm_item_error_kinds_total{kind="bad_input"}': 1.0,
                       'fliprm_item_error_kinds_total{kind="timeout"}': 1.0}
     assert "fliprm_item_errors_total 2" in text
+
+
+# ---- eval and rerank: records and the failure count carry the kind ---------------------------
+
+
+def _eval_app() -> Any:
+    import typer
+
+    from fliprm.cli import eval as eval_cli
+    from fliprm.cli import rerank as rerank_cli
+
+    app = typer.Typer()
+    eval_cli.register(app)
+    rerank_cli.register(app)
+    return app
+
+
+@pytest.mark.parametrize("kind", ["timeout", "backend"])
+def test_eval_and_rerank_records_and_failure_count_by_kind(tmp_path, monkeypatch, kind):
+    from typer.testing import CliRunner
+
+    from fliprm.backends.fake import scripted_reply
+    from fliprm.cli import _eval_common as eval_common_cli
+    from fliprm.engine import Engine
+    from fliprm.errors import BackendUnavailable
+    from fliprm.records import read_records
+
+    fixtures = Path(__file__).parent / "fixtures"
+    exc = BackendTimeout("slow") if kind == "timeout" else BackendUnavailable("refused")
+
+    def reply(req: GenerateRequest) -> Any:  # the pointwise judge fails, FLIP answers
+        return exc if "SCORE" in (req.json_schema or {}).get("properties", {}) else \
+            scripted_reply(req)
+
+    fb = FakeBackend(reply)
+    monkeypatch.setattr(eval_common_cli, "build_backend", lambda config, runtime: fb)
+    monkeypatch.setitem(Engine.__init__.__kwdefaults__, "backoff_s", 0.0)
+    out = tmp_path / "rb2"
+    res = CliRunner().invoke(_eval_app(), [
+        "eval", "rewardbench2", "--data", str(fixtures / "rb2_tiny.jsonl"), "--methods",
+        "flip,pointwise", "--out", str(out), "--max-retries", "0", "--no-cache"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1, text
+    recs = [r for _, r in read_records(out / "records.jsonl")]
+    assert {(r["method"], r["error_kind"]) for r in recs} == {("flip", None), ("pointwise", kind)}
+    assert f"(pointwise: 3 failed; 3 {kind})" in text
+
+    res = CliRunner().invoke(_eval_app(), [
+        "rerank", str(fixtures / "bon_tiny.jsonl"), "--methods", "pointwise",
+        "--out", str(tmp_path / "bon"), "--max-retries", "0", "--no-cache"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1, text
+    picks = [r for _, r in read_records(tmp_path / "bon" / "pointwise.jsonl")]
+    assert [r["error_kind"] for r in picks] == [kind] * 3
+    assert f"3 {kind})" in text
+
+
+def test_http_client_reads_the_kind_and_forgets_kinds_it_does_not_know():
+    from fliprm.integrations._replies import result_from_json
+
+    assert result_from_json({"reward": None, "error": "item 0: x",
+                             "error_kind": "timeout"}).error_kind == "timeout"
+    # a newer server's kind: the result still reads, its kind unknown
+    assert result_from_json({"reward": None, "error": "item 0: x",
+                             "error_kind": "quota"}).error_kind is None
+    # a server from before the field
+    assert result_from_json({"reward": None, "error": "item 0: x"}).error_kind is None
