@@ -48,7 +48,7 @@ import fliprm.backends.fake as fake_module
 from fliprm import FlipReward, Template
 from fliprm._types import GenerateRequest
 from fliprm.backends.fake import FakeBackend
-from fliprm.errors import BadResponse, InputError
+from fliprm.errors import BadResponse, ContextOverflow, InputError
 from fliprm.integrations import set_reward
 
 pytest.importorskip("fastapi")
@@ -70,13 +70,12 @@ ECHO = Template(
 def judge_reply(req: GenerateRequest) -> str | BadResponse:
     """Echoes the response back as the inferred instruction (so reward 1.0 proves the text
     arrived intact), answers the baseline judges' schemas, and refuses a prompt over its
-    context with llama.cpp's wording, which FlipReward parses to cut the response to fit."""
+    context as the backends do (a ContextOverflow with the counts), which FlipReward catches to
+    cut the response to fit."""
     CALLS.append(req)
     n = sum(len(m["content"]) for m in req.messages) // 4
     if n > CTX_TOKENS:
-        return BadResponse(
-            f"request ({n} tokens) exceeds the available context size ({CTX_TOKENS} tokens)"
-        )
+        return ContextOverflow(n, CTX_TOKENS)
     props = (req.json_schema or {}).get("properties", {})
     if "SCORE" in props:
         answer: dict[str, Any] = {"REASONING": "r", "SCORE": 5}

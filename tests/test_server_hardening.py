@@ -222,10 +222,11 @@ def test_lone_surrogate_in_a_context_role_fails_only_its_item_among_100_concurre
 class PoisonReward(FlipReward):
     """A reward whose whole-batch call raises (a bug, not an item error) when it meets POISON."""
 
-    async def ascore(self, instructions: Any, responses: Any = None, contexts: Any = None) -> Any:
+    async def ascore(self, instructions: Any, responses: Any = None, contexts: Any = None,
+                     **kw: Any) -> Any:
         if "POISON" in instructions:
             raise RuntimeError("poisoned")
-        return await super().ascore(instructions, responses, contexts)
+        return await super().ascore(instructions, responses, contexts, **kw)
 
 
 def test_a_scoring_call_that_raises_fails_only_its_item_not_the_micro_batch():

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, ErrorKind, InputError
 from .outputs import finalize_output, kept_columns, output_format, working_path
 from .records import ResultWriter, input_identity, read_records
 from .result import FlipResult
@@ -48,6 +49,10 @@ class Summary:
     first_errors: list[str] = field(default_factory=list)
     #: error records already in the output from earlier runs (kept; --retry-errors redoes them)
     errors_before: int = 0
+    #: ``errors`` by ``error_kind`` (see :data:`fliprm.errors.ErrorKind`)
+    error_kinds: Counter[str] = field(default_factory=Counter)
+    #: ``errors_before`` by kind; "unknown" for records written before results had a kind
+    error_kinds_before: Counter[str] = field(default_factory=Counter)
 
     @property
     def errors_total(self) -> int:
@@ -67,6 +72,7 @@ class Summary:
         self.scored += 1
         if rec.get("error"):
             self.errors += 1
+            self.error_kinds[str(rec.get("error_kind") or "unknown")] += 1
             if len(self.first_errors) < 5:
                 self.first_errors.append(str(rec["error"]))
             return
@@ -97,10 +103,10 @@ def record_to_args(rec: dict[str, Any], fields: Fields) -> tuple[Any, Any, Any]:
     return rec[fields.instruction], rec[fields.response], rec.get(fields.context)
 
 
-def _error_record(item_id: Any, line: int, msg: str,
-                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
+def _error_record(item_id: Any, line: int, msg: str, kept: dict[str, Any] | None = None,
+                  kind: ErrorKind = "bad_input") -> dict[str, Any]:
     return {"line": line, "id": item_id, **(kept or {}),
-            **FlipResult(reward=None, error=msg).to_dict()}
+            **FlipResult(reward=None, error=msg, error_kind=kind).to_dict()}
 
 
 def _record(item_id: Any, line: int, res: FlipResult,
@@ -228,6 +234,7 @@ async def score_file(
     with ResultWriter(out, key_field="line", retry_errors=retry_errors, manifest=manifest,
                       force=force, input_lines=True) as writer:
         summary.errors_before = writer.errors_before
+        summary.error_kinds_before.update(writer.error_kinds_before)
         summary.first_errors.extend(writer.first_errors_before)
         seen: dict[str, int] = {}
 
@@ -245,10 +252,10 @@ async def score_file(
             instr = [a[0] for _, _, a, _ in pending]
             resp = [a[1] for _, _, a, _ in pending]
             ctx = [a[2] for _, _, a, _ in pending]
-            async for i, res in reward.ascore_stream(instr, resp, ctx):
+            # errors name the item by its input line, written once by the reward
+            async for i, res in reward.ascore_stream(instr, resp, ctx,
+                                                     where=lambda i: f"line {pending[i][1]}"):
                 item_id, line, _, kept = pending[i]
-                if res.error and res.error.startswith("item "):
-                    res.error = f"line {line}" + res.error[res.error.index(":"):]
                 emit(_record(item_id, line, res, kept))
             pending.clear()
 

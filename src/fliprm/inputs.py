@@ -21,8 +21,8 @@ def _check_unicode(value: str, field: str, where: str) -> None:
     if bad:
         # e.g. a JSON "\ud800" escape: no backend, cache key or output file can encode it
         raise InputError(
-            f"{where}: field {field!r} is not valid Unicode (lone surrogate at character "
-            f"{bad.start()})"
+            f"field {field!r} is not valid Unicode (lone surrogate at character {bad.start()})",
+            where=where
         )
 
 
@@ -37,26 +37,26 @@ def require_text(value: Any, field: str, where: str, *, allow_empty: bool = Fals
     fliprm.errors.InputError: item 3: field 'response' must be a string, got int
     """
     if value is None:
-        raise InputError(f"{where}: field {field!r} is missing (null)")
+        raise InputError(f"field {field!r} is missing (null)", where=where)
     if not isinstance(value, str):
-        raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+        raise InputError(f"field {field!r} must be a string, got {type(value).__name__}", where=where)
     # C runtimes stop at NUL; drop it rather than silently score a cut-off text.
     value = value.replace("\x00", "")
     _check_unicode(value, field, where)
     if not allow_empty and not value.strip():
-        raise InputError(f"{where}: field {field!r} is empty")
+        raise InputError(f"field {field!r} is empty", where=where)
     return value
 
 
 def _messages(value: Any, field: str, where: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise InputError(f"{where}: field {field!r} must be a list of chat messages")
+        raise InputError(f"field {field!r} must be a list of chat messages", where=where)
     for j, m in enumerate(value):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise InputError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'")
+            raise InputError(f"{field}[{j}] must be an object with 'role' and 'content'", where=where)
         for key in ("role", "content"):
             if not isinstance(m[key], str):
-                raise InputError(f"{where}: {field}[{j}].{key} must be a string")
+                raise InputError(f"{field}[{j}].{key} must be a string", where=where)
         for key, v in m.items():  # every text field (name, tool ids, ...), not just the two used
             if isinstance(v, str):
                 _check_unicode(v, f"{field}[{j}].{key}", where)
@@ -89,13 +89,13 @@ def split_conversation(
     if infer == "system":
         sys_idx = [i for i, m in enumerate(msgs) if m["role"] == "system"]
         if not sys_idx:
-            raise InputError(f"{where}: infer='system' but the messages have no system turn")
+            raise InputError("infer='system' but the messages have no system turn", where=where)
         instruction = msgs[sys_idx[-1]]["content"]
         rest = [m for i, m in enumerate(msgs) if i != sys_idx[-1]]
         return instruction, (format_context(rest) or None), reply
     users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
     if not users:
-        raise InputError(f"{where}: the messages have no user turn")
+        raise InputError("the messages have no user turn", where=where)
     last = users[-1]
     return msgs[last]["content"], (format_context(msgs[:last]) or None), reply
 

@@ -175,7 +175,7 @@ class F1Method:
         first.reward = statistics.fmean(rewards)
         first.precision = statistics.fmean(float(r.precision or 0.0) for r in scored)
         first.recall = statistics.fmean(float(r.recall or 0.0) for r in scored)
-        first.error = None
+        first.error = first.error_kind = None
         first.parse_ok = all(r.parse_ok for r in results)
         first.prompt_tokens = sum(r.prompt_tokens for r in results)
         first.completion_tokens = sum(r.completion_tokens for r in results)
@@ -226,6 +226,7 @@ class F1Method:
             self._set(res, F1(0.0, 0.0, 0.0))
         else:
             res.error = f"{item.where}: parse failure: {reason}"
+            res.error_kind = "parse"
         return res
 
     async def _recut(
@@ -303,6 +304,7 @@ class LikelihoodMethod:
         used = forced_logprobs(comp, forced)
         if not used:
             res.error = f"{item.where}: {self.name}: the backend returned no token log-probabilities"
+            res.error_kind = "backend"
             return res, None
         res.extra["forced_tokens"] = len(used)
         return res, sum(used) / len(used)
@@ -383,7 +385,7 @@ class PMIMethod(LikelihoodMethod):
             res.completion_tokens += null.completion_tokens
             res.cached = res.cached and null.cached
             if base is None:
-                res.error = null.error
+                res.error, res.error_kind = null.error, null.error_kind
                 return res
             self._memo[key] = base
             if len(self._memo) > self.MEMO_SIZE:

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -199,6 +200,8 @@ class ResultWriter:
         self.key_field = key_field
         self.done: set[str] = set()
         self.errors_before = 0
+        #: ``errors_before`` by ``error_kind`` ("unknown": records written before that field)
+        self.error_kinds_before: Counter[str] = Counter()
         self.first_errors_before: list[str] = []
         self._f: TextIO | None = None
         self._lock_fd: int | None = None
@@ -321,6 +324,7 @@ class ResultWriter:
                     dropped = True
                     continue
                 self.errors_before += 1
+                self.error_kinds_before[str(obj.get("error_kind") or "unknown")] += 1
                 if len(self.first_errors_before) < 5:
                     self.first_errors_before.append(str(obj["error"]))
             self.done.add(str(obj[self.key_field]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import ErrorKind
+
 __all__ = ["FlipResult"]
 
 
@@ -15,6 +17,15 @@ class FlipResult:
     ``reward`` is None only when the item failed (``error`` says why). For the F1 method it is
     the word F1 of the inferred instruction against the real one; for the likelihood method it
     is ``exp(logprob)``, the per-token geometric-mean probability of the real instruction.
+
+    ``error_kind`` says what kind of failure ``error`` is, one of
+    :data:`~fliprm.errors.ErrorKind` (``bad_input``, ``backend``, ``timeout``, ``overflow``,
+    ``parse``, ``internal``); None when the item scored. Records written before it existed
+    have no such field and still read.
+
+    >>> FlipResult(reward=None, error="item 0: field 'response' is missing",
+    ...            error_kind="bad_input").ok
+    False
     """
 
     reward: float | None
@@ -26,6 +37,7 @@ class FlipResult:
     parse_ok: bool = False
     parse_error: str | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None
     method: str = "f1"
     logprob: float | None = None
     prompt_tokens: int = 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from .backends import Backend, build_backend
 from .cache import ResponseCache
 from .config import RewardConfig, RuntimeOptions, make_config
 from .engine import Engine
-from .errors import BackendError, ConfigError, FlipError, InputError
+from .errors import ConfigError, ContextOverflow, FlipError, InputError, error_kind
 from .guard import mask_instruction_echo
 from .inputs import prepare_item
 from .methods import Build, Item, get_method
@@ -92,8 +91,6 @@ def _text_size(*values: Any) -> int:
                 n += len(content) if isinstance(content, str) else 0
     return n
 
-
-_OVERFLOW = re.compile(r"\((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 #: FlipReward keywords that are not RewardConfig fields: engine settings (RuntimeOptions)
 _RUNTIME_ALIASES = {"max_concurrency": "concurrency"}
@@ -242,10 +239,13 @@ class FlipReward:
         instructions: Sequence[Any],
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
+        *,
+        where: Callable[[int], str] | None = None,
     ) -> list[FlipResult]:
-        """Score a batch; results come back in input order. Bad items get an error result."""
+        """Score a batch; results come back in input order. Bad items get an error result
+        (``where``: how errors name item ``i``, see :meth:`ascore_stream`)."""
         results: list[FlipResult | None] = [None] * len(instructions)
-        async for i, res in self.ascore_stream(instructions, responses, contexts):
+        async for i, res in self.ascore_stream(instructions, responses, contexts, where=where):
             results[i] = res
         return [r for r in results if r is not None]
 
@@ -254,17 +254,26 @@ class FlipReward:
         instructions: Sequence[Any],
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
+        *,
+        where: Callable[[int], str] | None = None,
     ) -> list[FlipResult]:
         """Synchronous twin of :meth:`ascore` (works inside a running event loop too)."""
-        return self._portal.run(self.ascore(instructions, responses, contexts))
+        return self._portal.run(self.ascore(instructions, responses, contexts, where=where))
 
     async def ascore_stream(
         self,
         instructions: Sequence[Any],
         responses: Sequence[Any] | None = None,
         contexts: Sequence[Any] | None = None,
+        *,
+        where: Callable[[int], str] | None = None,
     ) -> AsyncIterator[tuple[int, FlipResult]]:
-        """Yield ``(index, result)`` as each item finishes (for progress and resumable output)."""
+        """Yield ``(index, result)`` as each item finishes (for progress and resumable output).
+
+        ``where(i)`` names item ``i`` in its error message (default ``"item {i}"``; a file
+        scorer passes ``lambda i: f"line {lines[i]}"``), so the message is written once, with
+        the caller's name for the item, and never rewritten.
+        """
         for name, seq in (("instructions", instructions), ("responses", responses),
                           ("contexts", contexts)):
             if isinstance(seq, (str, bytes)):
@@ -279,7 +288,8 @@ class FlipReward:
         async def one(i: int) -> tuple[int, FlipResult]:
             resp = responses[i] if responses is not None else None
             ctx = contexts[i] if contexts is not None else None
-            return i, await self.ascore_one(instructions[i], resp, ctx, where=f"item {i}")
+            label = where(i) if where is not None else f"item {i}"
+            return i, await self.ascore_one(instructions[i], resp, ctx, where=label)
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
         try:
@@ -299,17 +309,19 @@ class FlipReward:
             res = await self._score_one(instruction, response, context, where)
         # every message is redacted: a URL with credentials in it must not reach a result
         except (InputError, ConfigError) as exc:
-            msg = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-            return FlipResult(reward=None, error=redact(msg), **base)
+            # an InputError from the item's validation already names the item (exc.where)
+            located = isinstance(exc, InputError) and exc.where is not None
+            return FlipResult(reward=None, error=redact(str(exc) if located else f"{where}: {exc}"),
+                              error_kind=error_kind(exc), **base)
         except FlipError as exc:
             # error_type: the call failed (worth a retry), as opposed to an unusable input
             return FlipResult(reward=None, error=redact(f"{where}: {type(exc).__name__}: {exc}"),
-                              latency_s=time.perf_counter() - t0,
+                              error_kind=error_kind(exc), latency_s=time.perf_counter() - t0,
                               extra={"error_type": type(exc).__name__}, **base)
         except Exception as exc:  # noqa: BLE001 - one item's bug must not fail the batch
             return FlipResult(reward=None, error=redact(f"{where}: internal error: "
                                                         f"{type(exc).__name__}: {exc}"),
-                              latency_s=time.perf_counter() - t0,
+                              error_kind="internal", latency_s=time.perf_counter() - t0,
                               extra={"error_type": type(exc).__name__}, **base)
         res.model = self.backend.model_id
         res.latency_s = time.perf_counter() - t0
@@ -397,21 +409,26 @@ class _Runner:
         few rounds at most). The cut is kept for later calls on the same item.
         """
         engine = self.reward.engine
+        last = ContextOverflow(None, None)
         for _ in range(4):
             req = build(item)
             if req.json_schema is not None and not self.reward.constrained:
                 req = replace(req, json_schema=None)
             try:
                 return await engine.generate(req, cacheable=cacheable), item
-            except BackendError as exc:
-                m = _OVERFLOW.search(str(exc))
-                if not m or len(item.response) <= 64:
+            except ContextOverflow as exc:
+                if len(item.response) <= 64:
                     raise
-                n_prompt, n_ctx = int(m.group(1)), int(m.group(2))
-                extra = req.max_tokens if req.forced_text is None else 2 * len(item.instruction) // 3
-                room = max(n_ctx - extra - 16, 1)
-                cut, _ = truncate_middle(item.response,
-                                         max(int(len(item.response) * room / n_prompt * 0.9), 64))
+                last = exc
+                if exc.n_prompt and exc.n_ctx:
+                    extra = (req.max_tokens if req.forced_text is None
+                             else 2 * len(item.instruction) // 3)
+                    room = max(exc.n_ctx - extra - 16, 1)
+                    keep = int(len(item.response) * room / exc.n_prompt * 0.9)
+                else:  # the server did not say by how much: halve it
+                    keep = len(item.response) // 2
+                cut, _ = truncate_middle(item.response, max(keep, 64))
                 item = replace(item, response=cut)
                 self.truncated = True
-        raise BackendError("the prompt does not fit the model's context even with the response cut")
+        raise ContextOverflow(last.n_prompt, last.n_ctx, "the prompt does not fit the model's "
+                              f"context even with the response cut ({last})")

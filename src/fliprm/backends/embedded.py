@@ -32,6 +32,7 @@ from ..errors import (
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
 from ._forcing import OPTIONAL, forcing_steps
+from ._overflow import context_overflow
 
 T = TypeVar("T")
 
@@ -264,9 +265,7 @@ class EmbeddedBackend:
                           extra_body=None if self.reuse_prompt_cache else {"cache_prompt": False})
         reply, latency = await self._in_pool(self._call, body)
         if isinstance(reply, dict) and "error" in reply:
-            err = reply["error"]
-            msg = err.get("message", err) if isinstance(err, dict) else err
-            raise BadResponse(f"llama.cpp: {msg}", status_code=400)
+            _raise_reply_error(reply)
         return read_reply(reply, latency_s=latency, prefix=request.assistant_prefix)
 
     async def _in_pool(self, fn: Callable[[Any], T], arg: Any) -> T:
@@ -294,7 +293,7 @@ class EmbeddedBackend:
                         optional = body.pop(OPTIONAL, False)
                         reply = self._server.handle_completions({**body, "id_slot": slot})
                         if isinstance(reply, dict) and "error" in reply and not optional:
-                            raise BadResponse(f"llama.cpp: {reply['error']}", status_code=400)
+                            _raise_reply_error(reply)
                     else:
                         reply = await self._local_post(client, path, body)
             except StopIteration as done:
@@ -337,6 +336,17 @@ class EmbeddedBackend:
     def close(self) -> None:
         with self._load_lock:
             self._server = None  # the runtime shuts its loop down when the object goes
+
+
+def _raise_reply_error(reply: dict[str, Any]) -> None:
+    """llama.cpp's error reply as the typed error: a prompt over the window is a
+    :class:`~fliprm.errors.ContextOverflow` (its counts are fields of the reply)."""
+    overflow = context_overflow(reply, where="llama.cpp")
+    if overflow is not None:
+        raise overflow
+    err = reply["error"]
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    raise BadResponse(f"llama.cpp: {msg}", status_code=400)
 
 
 def _run_own_loop(coro: Any) -> Any:

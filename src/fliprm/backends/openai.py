@@ -32,11 +32,13 @@ from ..errors import (
     BackendUnavailable,
     BadResponse,
     ConfigError,
+    ContextOverflow,
     RateLimited,
     ServerError,
 )
 from ._chat import DIALECTS, build_body, read_reply
 from ._forcing import OPTIONAL, forcing_steps
+from ._overflow import context_overflow
 
 __all__ = ["OpenAIBackend"]
 
@@ -329,6 +331,8 @@ class OpenAIBackend:
                 if body.pop(OPTIONAL, False):
                     try:  # an older llama.cpp without token-id grammars: the steps follow
                         reply, _ = await self._post(root + path, body)
+                    except ContextOverflow:
+                        raise  # the steps would not fit either
                     except BadResponse as exc:
                         reply = {"error": str(exc)}
                 else:
@@ -386,6 +390,13 @@ class OpenAIBackend:
             raise ServerError(f"{self.url}: HTTP {resp.status_code}: {redact(resp.text[:300])}",
                               status_code=resp.status_code)
         if resp.status_code >= 400:
+            try:
+                overflow = context_overflow(resp.json(), where=self.url)
+            except ValueError:
+                overflow = None
+            if overflow is not None:
+                overflow.status_code = resp.status_code
+                raise overflow
             raise BadResponse(f"{self.url}: HTTP {resp.status_code}: {redact(resp.text[:300])}",
                               status_code=resp.status_code)
         try:

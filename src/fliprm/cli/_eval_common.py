@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -40,8 +41,11 @@ def report_failures(records: list[dict[str, Any]]) -> int:
         for r in failed:
             by_method[r.get("method", "?")] = by_method.get(r.get("method", "?"), 0) + 1
         counts = ", ".join(f"{m}: {k} failed" for m, k in by_method.items())
+        # records written before error_kind existed count as "unknown"
+        by_kind = Counter(str(r.get("error_kind") or "unknown") for r in failed)
+        kinds = ", ".join(f"{n} {k}" for k, n in by_kind.most_common())
         err.print(f"[red]error:[/red] {len(failed)} of {len(records)} records have failed judge "
-                  f"calls and no verdict ({escape(counts)})", soft_wrap=True)
+                  f"calls and no verdict ({escape(counts)}; {kinds})", soft_wrap=True)
         for r in failed[:3]:
             err.print(f"[red]error:[/red] {escape(str(r.get('id')))}: {escape(str(r['error']))}",
                       soft_wrap=True)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..batch import Fields, Summary, score_file
-from ..errors import BackendError, FlipError
+from ..errors import BackendError, FlipError, format_error_counts
 from ._config_options import CliSettings, err, fail, reward_options
 from ._eval_common import HfConfigOpt, SplitOpt
 from ._progress import MetricsOpt, RunProgress
@@ -51,8 +51,8 @@ def _common_rows(s: Summary) -> list[tuple[str, Any]]:
     return [
         ("mean reward", "n/a" if mean is None else f"{mean:.4f}"),
         ("parse failures", s.parse_failures),
-        ("errors (this run)", s.errors),
-        ("errors (earlier runs, still in the output)", s.errors_before),
+        ("errors (this run)", format_error_counts(s.error_kinds)),
+        ("errors (earlier runs, still in the output)", format_error_counts(s.error_kinds_before)),
         ("cache hits", s.cache_hits),
         ("prompt / output tokens", f"{s.prompt_tokens} / {s.completion_tokens}"),
         ("items/s", f"{s.items_per_s:.3f}"),

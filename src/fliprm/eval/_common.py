@@ -11,7 +11,8 @@ from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
 from ..judges import Judge, Judgment, get_judge
 
-__all__ = ["JudgeFactory", "failure_message", "identify_judges", "judge_factory", "words"]
+__all__ = ["JudgeFactory", "failure_kind", "failure_message", "identify_judges", "judge_factory",
+           "words"]
 
 JudgeFactory = Callable[[str, int], Judge]
 
@@ -31,6 +32,19 @@ def failure_message(j: Judgment) -> str | None:
         return None
     first = j.errors[0] if j.errors else "no message"
     return f"{j.failed_calls} of {j.calls} judge calls failed: {first}"
+
+
+def failure_kind(j: Judgment) -> str | None:
+    """The ``error_kind`` of a failed record: its first failed call's (see
+    :data:`fliprm.errors.ErrorKind`), or None when every call answered.
+
+    >>> failure_kind(Judgment([None], [0], 0, calls=2, failed_calls=1, errors=["BackendTimeout: x"],
+    ...                       error_kinds=["timeout"]))
+    'timeout'
+    """
+    if not j.failed_calls:
+        return None
+    return j.error_kinds[0] if j.error_kinds else "internal"
 
 
 def judge_factory(

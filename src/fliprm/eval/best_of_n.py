@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..inputs import require_text
 from ..judges import Judge, top_indices
 from ..records import ResultWriter, read_records
-from ._common import failure_message, identify_judges
+from ._common import failure_kind, failure_message, identify_judges
 from .stats import bootstrap_ci, mean
 
 __all__ = ["arerank", "load_rows", "pool_sizes", "summarize_bon"]
@@ -139,7 +139,8 @@ async def arerank(
         error = failure_message(j)
         # a failed call leaves no verdict: no pick, rather than a seeded guess among "ties"
         pick = None if error else j.pick
-        rec = {"id": row["id"], "method": judge.name, "error": error, "pick": pick,
+        rec = {"id": row["id"], "method": judge.name, "error": error,
+               "error_kind": failure_kind(j), "pick": pick,
                "scores": j.scores, "top": j.top, "tie": j.tie,
                "parse_failures": j.parse_failures, "calls": j.calls, "tokens": j.tokens,
                "seconds": round(j.seconds, 3), "errors": j.errors}

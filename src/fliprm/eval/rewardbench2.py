@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import ResultWriter
-from ._common import JudgeFactory, failure_message, identify_judges, words
+from ._common import JudgeFactory, failure_kind, failure_message, identify_judges, words
 from .rb2_data import RB2Item
 from .rb2_scoring import item_credit
 
@@ -46,6 +46,7 @@ def _record(method: str, run: int, seed: int, item: RB2Item, j: Any) -> dict[str
         # a failed call leaves no verdict: an error record (redone by --retry-errors), never
         # the 1/k credit of a tie. Ties items have no per-item credit (the margins formula).
         "error": error,
+        "error_kind": failure_kind(j),
         "credit": None if ties or error else item_credit(j.top, item.num_correct),
         "scores": j.scores, "top": j.top, "pick": j.pick, "tie": j.tie,
         "parse_failures": j.parse_failures, "calls": j.calls, "prompt_tokens": j.prompt_tokens,

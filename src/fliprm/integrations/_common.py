@@ -31,7 +31,7 @@ from ..config import (
     make_config,
     name_env_vars,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, ErrorKind
 from ..result import FlipResult
 from ..reward import FlipReward
 from ._replies import is_number as _is_number
@@ -274,8 +274,9 @@ class ServerScorer:
             )
         self._checked = str(health.get("fingerprint"))
 
-    def _failed(self, msg: str) -> FlipResult:
-        return FlipResult(reward=None, error=msg)
+    def _failed(self, msg: str, kind: ErrorKind = "backend") -> FlipResult:
+        # the fliprm server is this client's backend: its failures are backend failures
+        return FlipResult(reward=None, error=msg, error_kind=kind)
 
     async def _score_chunk(self, items: list[dict[str, Any]]) -> tuple[list[FlipResult], Any]:
         self.calls += 1
@@ -284,7 +285,8 @@ class ServerScorer:
             data = await self._post(body)
         except (httpx.HTTPError, ValueError) as exc:
             msg = redact(f"fliprm server {self.url}: {type(exc).__name__}: {exc}")
-            return [self._failed(msg) for _ in items], None
+            kind: ErrorKind = "timeout" if isinstance(exc, httpx.TimeoutException) else "backend"
+            return [self._failed(msg, kind) for _ in items], None
         out = [
             r if isinstance(r, FlipResult) else self._failed(redact(f"fliprm server {self.url}: {r}"))
             for r in match_results(data, len(items))

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from typing import Any
 
+from ..errors import ERROR_KINDS
 from ..result import FlipResult
 
 __all__ = ["is_number", "match_results", "result_from_json"]
@@ -64,6 +65,8 @@ def result_from_json(obj: Any) -> FlipResult:
         raise ValueError(f"extra is not an object: {d['extra']!r}")
     if d.get("method") is None:
         d.pop("method", None)
+    if d.get("error_kind") not in (None, *ERROR_KINDS):
+        d["error_kind"] = None  # a kind this client does not know (a newer server): unknown
     return FlipResult(**d)
 
 

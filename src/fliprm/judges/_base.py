@@ -19,7 +19,7 @@ from .._types import REASONING_MAX_CHARS, Completion, GenerateRequest
 from ..backends import Backend, get_backend
 from ..config import SCORING_VERSION, RewardConfig, RuntimeOptions
 from ..engine import Engine
-from ..errors import FlipError
+from ..errors import FlipError, error_kind
 from ..templates import Template, get_template
 
 __all__ = ["Judge", "Judgment", "LMJudge", "top_indices"]
@@ -39,6 +39,7 @@ class Judgment:
         failed_calls: calls that raised (backend down, timeout after the retries): the verdict
             is then incomplete, so evaluations record the item as failed, not as a tie.
         errors: one message per failed call (and, for FLIP, per unusable answer).
+        error_kinds: the :data:`~fliprm.errors.ErrorKind` of each of ``errors``.
         details: per-method extras (raw answers, pair outcomes, the shown order, ...).
     """
 
@@ -52,6 +53,7 @@ class Judgment:
     seconds: float = 0.0
     failed_calls: int = 0
     errors: list[str] = field(default_factory=list)
+    error_kinds: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,6 +188,7 @@ class LMJudge:
         except FlipError as exc:
             judgment.failed_calls += 1
             judgment.errors.append(f"{type(exc).__name__}: {exc}")
+            judgment.error_kinds.append(error_kind(exc))
             return None
         judgment.prompt_tokens += comp.prompt_tokens
         judgment.completion_tokens += comp.completion_tokens

@@ -86,6 +86,7 @@ class FlipJudge:
         # incomplete; ascore_one marks those with extra["error_type"]
         j.failed_calls = sum(1 for r in results if r.error and "error_type" in r.extra)
         j.errors = [r.error for r in results if r.error]
+        j.error_kinds = [r.error_kind or "internal" for r in results if r.error]
         j.top = top_indices(j.scores)
         j.details["inferred"] = [r.inferred_instruction for r in results]
         return finish(j, item_rng(self.seed, instruction), t0)

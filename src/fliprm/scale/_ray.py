@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .._net import redact
 from ..backends import is_local_model
 from ..batch import Fields, Summary
 from ..config import RewardConfig, RuntimeOptions
-from ..errors import FlipError, MissingDependency
+from ..errors import FlipError, MissingDependency, format_error_counts
 from ..result import FlipResult
 from ..reward import FlipReward
 from ._shards import (
@@ -91,18 +92,20 @@ class FlipBatchScorer:
         self.base_url = runtime.base_url
         self.reward = FlipReward(config=config, runtime=runtime, cache=cache)
 
-    def _score(self, args: list[list[Any]]) -> list[FlipResult]:
+    def _score(self, args: list[list[Any]], lines: list[int]) -> list[FlipResult]:
+        # errors name the item by its input line, written once by the reward (as batch.py)
         try:
             return self.reward.score([a[0] for a in args], [a[1] for a in args],
-                                     [a[2] for a in args])
+                                     [a[2] for a in args], where=lambda i: f"line {lines[i]}")
         except Exception:  # noqa: BLE001 - retry the members alone: only the culprit fails
             out = []
-            for a in args:
+            for a, line in zip(args, lines):
                 try:
-                    out.extend(self.reward.score([a[0]], [a[1]], [a[2]]))
+                    out.extend(self.reward.score([a[0]], [a[1]], [a[2]],
+                                                 where=lambda i, line=line: f"line {line}"))
                 except Exception as exc:  # noqa: BLE001
-                    out.append(FlipResult(reward=None, error=redact(
-                        f"internal error: {type(exc).__name__}: {exc}")))
+                    out.append(FlipResult(reward=None, error_kind="internal", error=redact(
+                        f"line {line}: internal error: {type(exc).__name__}: {exc}")))
             return out
 
     def __call__(self, batch: Any) -> Any:
@@ -116,15 +119,16 @@ class FlipBatchScorer:
             try:
                 args.append(json.loads(r["args"]))
             except ValueError as exc:
-                results[r["line"]] = FlipResult(reward=None, error=f"line {r['line']}: {exc}")
+                results[r["line"]] = FlipResult(reward=None, error=f"line {r['line']}: {exc}",
+                                                error_kind="bad_input")
         todo = [r for r in todo if r["line"] not in results]
-        for r, res in zip(todo, self._score(args)):
-            if res.error and res.error.startswith("item "):  # name the line, as batch.py does
-                res.error = f"line {r['line']}" + res.error[res.error.index(":"):]
+        for r, res in zip(todo, self._score(args, [r["line"] for r in todo])):
             results[r["line"]] = res
         out = []
         for r in rows:
-            res = results.get(r["line"]) or FlipResult(reward=None, error=r["error"])
+            # a row read_shard refused (broken line, duplicate id, missing field) is bad input
+            res = results.get(r["line"]) or FlipResult(reward=None, error=r["error"],
+                                                       error_kind="bad_input")
             out.append({"shard": r["shard"], **result_row(r["id"], r["line"], res)})
         schema = result_schema().insert(0, pa.field("shard", pa.int64()))
         return pa.Table.from_pylist(out, schema=schema)
@@ -149,6 +153,8 @@ class ShardReport:
     errors: int
     mean_reward: float | None
     path: Path
+    #: ``errors`` by ``error_kind`` (see :data:`fliprm.errors.ErrorKind`)
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,7 +289,9 @@ def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardC
         if state == "ok" or (state == "errors" and not retry_errors):
             summary.shards_skipped += 1
             if state == "errors":
-                summary.errors_before += _count_errors(p)
+                kinds = _count_errors(p)
+                summary.errors_before += sum(kinds.values())
+                summary.error_kinds_before.update(kinds)
         elif s.rows == 0:  # only blank lines: nothing to score
             write_shard(out, s.index, [], identity=shard_identity(fingerprint, s))
             summary.shards_written += 1
@@ -323,11 +331,14 @@ def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardC
     return summary
 
 
-def _count_errors(path: Path) -> int:
+def _count_errors(path: Path) -> Counter[str]:
+    """A shard's error rows by kind ("unknown": a shard written before rows had a kind)."""
     import pyarrow.parquet as pq
 
-    col = pq.read_table(path, columns=["error"]).column("error")
-    return len(col) - col.null_count
+    names = pq.read_schema(path).names
+    cols = ["error", "error_kind"] if "error_kind" in names else ["error"]
+    rows = pq.read_table(path, columns=cols).to_pylist()
+    return Counter(str(r.get("error_kind") or "unknown") for r in rows if r["error"] is not None)
 
 
 def _collect(ds: Any, pending: dict[int, Shard], fingerprint: str, out: Path,
@@ -347,7 +358,8 @@ def _collect(ds: Any, pending: dict[int, Shard], fingerprint: str, out: Path,
             if progress:
                 done = summary.shards_skipped + summary.shards_written
                 mean = "n/a" if report.mean_reward is None else f"{report.mean_reward:.3f}"
-                print(f"[fliprm] shard {k:05d} written: {report.rows} rows, {report.errors} errors, "
+                errors = format_error_counts(report.error_kinds)
+                print(f"[fliprm] shard {k:05d} written: {report.rows} rows, errors {errors}, "
                       f"mean reward {mean} ({done}/{summary.shards_total} shards)",
                       file=sys.stderr, flush=True)
             if on_shard:
@@ -362,7 +374,9 @@ def _report(k: int, rows: list[dict[str, Any]], path: Path, summary: RaySummary)
     summary.shards_written += 1
     for r in rows:
         summary.add(r)
-    return ShardReport(k, len(rows), len(errs), sum(ok) / len(ok) if ok else None, path)
+    kinds = Counter(str(r.get("error_kind") or "unknown") for r in errs)
+    return ShardReport(k, len(rows), len(errs), sum(ok) / len(ok) if ok else None, path,
+                       dict(kinds))
 
 
 def _url_pool(ray: Any, urls: Sequence[str]) -> Any:

@@ -161,7 +161,7 @@ def create_app(
                 metrics.rejected["instruction_too_long"] += 1
                 out[i] = FlipResult(
                     reward=None, method=reward.config.method, model=reward.backend.model_id,
-                    error=f"item {i if index is None else index[i]}: field 'instruction' has "
+                    error_kind="bad_input", error=f"item {i if index is None else index[i]}: field 'instruction' has "
                     f"{n:,} characters, over this server's limit of {max_instruction_chars:,} "
                     "(--max-instruction-chars)")
         todo = [i for i, r in enumerate(out) if r is None]
@@ -172,7 +172,8 @@ def create_app(
             for i, res in zip(todo, got):
                 out[i] = res
             return [r for r in out if r is not None]
-        submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout))
+        submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout,
+                                                      index=index))
         # a client that hangs up has its items dropped (queued) or cancelled (running)
         watch = asyncio.ensure_future(_client_gone(request)) if request is not None else None
         try:

@@ -52,6 +52,8 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
     #: its ascore call, once its batch runs (cancelled when the future is: the client is gone)
     task: asyncio.Future[list[FlipResult]] | None = None
+    #: each item's place in its request (errors name it); None: 0, 1, ...
+    index: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.future.add_done_callback(self._abandoned)
@@ -63,6 +65,10 @@ class _Job:
     @property
     def n(self) -> int:
         return len(self.instructions)
+
+    def where(self, i: int) -> str:
+        """How errors name item ``i``: by its place in the client's request."""
+        return f"item {i if self.index is None else self.index[i]}"
 
 
 class MicroBatcher:
@@ -121,8 +127,10 @@ class MicroBatcher:
         contexts: Sequence[Any],
         *,
         timeout: float | None = None,
+        index: Sequence[int] | None = None,
     ) -> list[FlipResult]:
-        """Queue one request's items and wait for their results (in input order)."""
+        """Queue one request's items and wait for their results (in input order); ``index``:
+        their places in the request, which their errors name (default 0, 1, ...)."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
         if not instructions:
@@ -137,6 +145,7 @@ class MicroBatcher:
             list(responses),
             list(contexts),
             asyncio.get_running_loop().create_future(),
+            index=None if index is None else list(index),
         )
         self._pending += n
         self._queue.put_nowait(job)
@@ -214,7 +223,8 @@ class MicroBatcher:
         """One request's results (its own item numbers), or None if its client is gone."""
         try:
             return await self._watched(
-                job, self.reward.ascore(job.instructions, job.responses, job.contexts)
+                job, self.reward.ascore(job.instructions, job.responses, job.contexts,
+                                        where=job.where)
             )
         except Exception:  # noqa: BLE001 - a bug, not an item failure
             # score this request's items one by one: a bad item must not fail its neighbours
@@ -244,11 +254,12 @@ class MicroBatcher:
     async def _alone(self, job: _Job, i: int) -> FlipResult:
         try:
             return (await self.reward.ascore(
-                [job.instructions[i]], [job.responses[i]], [job.contexts[i]]
+                [job.instructions[i]], [job.responses[i]], [job.contexts[i]],
+                where=lambda _: job.where(i),
             ))[0]
         except Exception as exc:  # noqa: BLE001
-            return FlipResult(reward=None, error=f"item {i}: internal error: "
-                              f"{type(exc).__name__}: {exc}")
+            return FlipResult(reward=None, error_kind="internal", error=f"{job.where(i)}: "
+                              f"internal error: {type(exc).__name__}: {exc}")
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """Refuse new work, let queued and running batches finish, then stop the collector."""
@@ -268,6 +279,7 @@ class MicroBatcher:
 def _failed(job: _Job, exc: BaseException) -> list[FlipResult]:
     """Error results for a job whose scoring failed outside any item (a bug)."""
     return [
-        FlipResult(reward=None, error=f"item {i}: internal error: {type(exc).__name__}: {exc}")
+        FlipResult(reward=None, error_kind="internal",
+                   error=f"{job.where(i)}: internal error: {type(exc).__name__}: {exc}")
         for i in range(job.n)
     ]

@@ -46,6 +46,8 @@ class Metrics:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
     items: int = 0
     item_errors: int = 0
+    #: ``item_errors`` by ``FlipResult.error_kind``
+    item_error_kinds: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     batch_errors: int = 0
     cancelled_items: int = 0
@@ -69,6 +71,8 @@ class Metrics:
         self.batch_items_sum += len(results)
         for r in results:
             self.item_errors += r.error is not None
+            if r.error is not None:
+                self.item_error_kinds[r.error_kind or "unknown"] += 1
             self.parse_failures += r.raw_output is not None and not r.parse_ok
             self.truncated += bool(r.truncated)
             self.echo_masked += bool(r.extra.get("echo_masked_words"))
@@ -97,6 +101,13 @@ class Metrics:
             "counter",
             "Items whose result carries an error.",
             [("", self.item_errors)],
+        )
+        metric(
+            "item_error_kinds_total",
+            "counter",
+            "Items whose result carries an error, by kind (bad_input, backend, timeout, "
+            "overflow, parse, internal).",
+            [(f'{{kind="{k}"}}', v) for k, v in sorted(self.item_error_kinds.items())],
         )
         metric("batches_total", "counter", "Batches sent to the backend.", [("", self.batches)])
         metric("batch_errors_total", "counter", "Requests whose scoring call raised (their items "
