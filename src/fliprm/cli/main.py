@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import typer
 
@@ -66,6 +67,9 @@ def _load_plugins() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Python hides DeprecationWarnings outside __main__; a user of the CLI must see this one
+    warnings.filterwarnings("default", message="FLIPRM_API_KEY is deprecated",
+                            category=DeprecationWarning)
     _load_plugins()
     _register()
     app()
