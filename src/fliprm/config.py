@@ -491,6 +491,12 @@ class RayOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def __init__(self, **values: Any) -> None:
+        try:  # ConfigError, as RewardConfig's constructor
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self).__name__) from None
+
     address: str | None = opt(None, "with --ray: 'auto' joins a running cluster, or "
                               "ray://HOST:10001 (default: start a local Ray)",
                               flag="--ray-address")
