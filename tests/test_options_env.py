@@ -312,3 +312,18 @@ def test_a_bad_server_env_value_is_one_line_naming_the_variable(
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert res.exit_code == 2 and "options" not in seen
     assert len(lines) == 1 and "FLIPRM_PORT='99999': must be between 0 and 65535" in lines[0]
+
+
+def test_the_cli_shows_the_deprecation_as_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLIPRM_", "OPENAI_"))}
+    env.update(FLIPRM_API_KEY="old", FLIPRM_CACHE_DIR=str(tmp_path), COLUMNS="1000")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fliprm.cli.main", "score", "-i", "a", "-r", "b", "-b", "openai:m",
+         "--base-url", "http://127.0.0.1:9/v1", "--no-cache", "--max-retries", "0"],
+        env=env, capture_output=True, text=True, timeout=120)
+    warned = [x for x in proc.stderr.splitlines() if "FLIPRM_API_KEY" in x]
+    assert warned == ["warning: FLIPRM_API_KEY is deprecated (it is removed in the next "
+                      "release): set FLIPRM_BACKEND_API_KEY instead"], proc.stderr
