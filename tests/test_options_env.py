@@ -33,23 +33,10 @@ def _deprecations(record: list[warnings.WarningMessage]) -> list[str]:
 # ---- RayOptions ----------------------------------------------------------------------------
 
 
-def _score_app() -> Any:
-    import typer
-
-    from fliprm.cli import score as score_cli
-
-    app = typer.Typer()
-    score_cli.register(app)
-
-    @app.command()
-    def _noop() -> None:  # a second command keeps typer from collapsing to a single command
-        pass
-
-    return app
-
-
 def test_ray_flags_keep_their_names_and_defaults() -> None:
     import typer.main
+
+    from test_ray import _score_app
 
     cmd = typer.main.get_command(_score_app()).commands["score"]  # type: ignore[attr-defined]
     opts = {o: p for p in cmd.params for o in getattr(p, "opts", [])}
@@ -77,6 +64,7 @@ def _run_ray_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str
 
     import fliprm.scale._ray as ray_mod
     from fliprm.scale import RaySummary
+    from test_ray import _score_app
 
     seen: dict[str, Any] = {}
 
@@ -323,7 +311,8 @@ def test_the_cli_shows_the_deprecation_as_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fliprm.cli.main", "score", "-i", "a", "-r", "b", "-b", "openai:m",
          "--base-url", "http://127.0.0.1:9/v1", "--no-cache", "--max-retries", "0"],
-        env=env, capture_output=True, text=True, timeout=120)
+        env=env, capture_output=True, text=True, timeout=120, check=False)
     warned = [x for x in proc.stderr.splitlines() if "FLIPRM_API_KEY" in x]
-    assert warned == ["warning: FLIPRM_API_KEY is deprecated (it is removed in the next "
-                      "release): set FLIPRM_BACKEND_API_KEY instead"], proc.stderr
+    want = ("warning: FLIPRM_API_KEY is deprecated (it is removed in the next release): set "
+            "FLIPRM_BACKEND_API_KEY instead")
+    assert warned == [want], proc.stderr

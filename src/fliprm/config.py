@@ -326,20 +326,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class RuntimeOptions(BaseModel):
+class _Options(BaseModel):
+    """Frozen options whose constructor raises a one-line ConfigError, as RewardConfig's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self).__name__) from None
+
+
+class RuntimeOptions(_Options):
     """How rewards are computed, not what they are: never part of a fingerprint.
 
     >>> RuntimeOptions(concurrency=4).max_retries
     3
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **values: Any) -> None:
-        try:  # ConfigError, as RewardConfig's constructor
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise config_error(exc, type(self).__name__) from None
 
     base_url: str | None = opt(None, "OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = opt(None, "bearer token for the backend server")
@@ -480,7 +484,7 @@ class ServerOptions(BaseModel):
         return make_config(ServerOptions, {**self.model_dump(), **changes})
 
 
-class RayOptions(BaseModel):
+class RayOptions(_Options):
     """How ``fliprm score --ray`` runs on Ray (cluster, actors, batches, shards): never part of
     a fingerprint. One definition for :func:`fliprm.scale.score_file_ray` and the ``--ray-*``
     flags of ``fliprm score`` (derived from these fields, like ServerOptions').
@@ -489,21 +493,14 @@ class RayOptions(BaseModel):
     (16, 10)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **values: Any) -> None:
-        try:  # ConfigError, as RewardConfig's constructor
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise config_error(exc, type(self).__name__) from None
-
     address: str | None = opt(None, "with --ray: 'auto' joins a running cluster, or "
                               "ray://HOST:10001 (default: start a local Ray)",
                               flag="--ray-address")
     actors: int | None = opt(None, "with --ray: scoring actors (default 1, or one per "
                              "--base-url)")
+    # the default is in the help text: the derived "(default: ...)" skips 1.0 (== True)
     cpus_per_actor: float = opt(1.0, "with --ray: CPUs reserved per actor; the embedded model "
-                                "runs that many threads (0.25 is plenty for HTTP)")
+                                "runs that many threads (default 1; 0.25 is plenty for HTTP)")
     batch_size: int = opt(16, "with --ray: rows per actor call")
     shard_size: int = opt(1000, "with --ray: rows per output shard, the unit of resumption")
 
