@@ -243,6 +243,7 @@ def _invoke(args: list[str]):
 def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
     """The single-machine flags (fields, template, decoding, backend) map onto the Ray call."""
     import fliprm.scale
+    from fliprm.config import RayOptions
     from fliprm.scale import RaySummary
 
     seen: dict = {}
@@ -263,11 +264,12 @@ def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen["input"] == path and seen["output_dir"] == tmp_path / "out"
     cfg, rt = seen["config"], seen["runtime"]
-    assert cfg.backend == "openai:m" and seen["ray_address"] == "auto"
+    assert cfg.backend == "openai:m" and seen["ray_options"].address == "auto"
     # two URLs: one actor per replica, so no fixed actor count
-    assert seen["base_urls"] == ["http://a:8000/v1", "http://b:8000/v1"] and seen["num_actors"] is None
+    assert seen["base_urls"] == ["http://a:8000/v1", "http://b:8000/v1"]
+    assert seen["ray_options"] == RayOptions(address="auto", cpus_per_actor=0.25, batch_size=32,
+                                             shard_size=500)
     assert (rt.api_key, rt.concurrency) == ("k", 32)
-    assert (seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == (0.25, 32, 500)
     assert seen["fields"] == Fields(instruction="q", response="a")
     assert (cfg.template, cfg.max_tokens, cfg.parse_failure, cfg.seed) == ("flip-short", 64, "error", 3)
     assert seen["cache"] == str(tmp_path / "c.sqlite")
@@ -279,8 +281,8 @@ def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
                    "--base-url", "http://lb:8000/v1", "--actors", "4"])
     assert res.exit_code == 0, res.output
     assert seen["runtime"].base_url == "http://lb:8000/v1" and seen["base_urls"] is None
-    assert (seen["num_actors"], seen["num_cpus_per_actor"], seen["batch_size"], seen["shard_size"]) == \
-           (4, 1.0, 16, 1000)
+    opts = seen["ray_options"]
+    assert (opts.actors, opts.cpus_per_actor, opts.batch_size, opts.shard_size) == (4, 1.0, 16, 1000)
     assert seen["cache"] is None  # the default cache folder is the driver's
 
 

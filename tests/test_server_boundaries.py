@@ -396,7 +396,7 @@ def test_every_server_flag_is_derived_from_server_options_and_reaches_app_and_uv
                                  api_key="k")
     config = seen["config"]
     assert (config.port, config.timeout_keep_alive, config.log_level) == (0, 4, "warning")
-    # every field but the key (its own --api-key with FLIPRM_API_KEY) has a flag
+    # every field but the key (its own --api-key with FLIPRM_SERVER_API_KEY) has a flag
     from fliprm.cli._config_options import _params
     flags = {p.name for p in _params(ServerOptions, ())}
     assert flags == set(ServerOptions.model_fields) - {"api_key"}

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +49,7 @@ from .templates import Template, get_template
 
 __all__ = [
     "PRESETS",
+    "RayOptions",
     "RewardConfig",
     "RuntimeOptions",
     "ServerOptions",
@@ -326,20 +326,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class RuntimeOptions(BaseModel):
+class _Options(BaseModel):
+    """Frozen options whose constructor raises a one-line ConfigError, as RewardConfig's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc, type(self).__name__) from None
+
+
+class RuntimeOptions(_Options):
     """How rewards are computed, not what they are: never part of a fingerprint.
 
     >>> RuntimeOptions(concurrency=4).max_retries
     3
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **values: Any) -> None:
-        try:  # ConfigError, as RewardConfig's constructor
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise config_error(exc, type(self).__name__) from None
 
     base_url: str | None = opt(None, "OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
     api_key: str | None = opt(None, "bearer token for the backend server")
@@ -480,6 +484,40 @@ class ServerOptions(BaseModel):
         return make_config(ServerOptions, {**self.model_dump(), **changes})
 
 
+class RayOptions(_Options):
+    """How ``fliprm score --ray`` runs on Ray (cluster, actors, batches, shards): never part of
+    a fingerprint. One definition for :func:`fliprm.scale.score_file_ray` and the ``--ray-*``
+    flags of ``fliprm score`` (derived from these fields, like ServerOptions').
+
+    >>> RayOptions(actors=2).batch_size, RayOptions().replace(shard_size=10).shard_size
+    (16, 10)
+    """
+
+    address: str | None = opt(None, "with --ray: 'auto' joins a running cluster, or "
+                              "ray://HOST:10001 (default: start a local Ray)",
+                              flag="--ray-address")
+    actors: int | None = opt(None, "with --ray: scoring actors (default 1, or one per "
+                             "--base-url)")
+    # the default is in the help text: the derived "(default: ...)" skips 1.0 (== True)
+    cpus_per_actor: float = opt(1.0, "with --ray: CPUs reserved per actor; the embedded model "
+                                "runs that many threads (default 1; 0.25 is plenty for HTTP)")
+    batch_size: int = opt(16, "with --ray: rows per actor call")
+    shard_size: int = opt(1000, "with --ray: rows per output shard, the unit of resumption")
+
+    @field_validator("actors", "cpus_per_actor", "batch_size", "shard_size")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    def replace(self, **changes: Any) -> RayOptions:
+        """A validated copy with ``changes`` applied (``None`` values are ignored)."""
+        values = {**self.model_dump(exclude_unset=True),
+                  **{k: v for k, v in changes.items() if v is not None}}
+        return make_config(RayOptions, values)
+
+
 def config_error(exc: ValidationError, cls_name: str = "settings") -> ConfigError:
     """A one-line :class:`ConfigError` naming each bad field."""
     parts = []
@@ -530,18 +568,9 @@ def as_path(value: str | Path | None) -> str | None:
     return None if value is None else str(value)
 
 
-#: env vars that configure a setting are this prefix plus the field name in upper case
+#: env vars that configure a setting are this prefix plus the field name in upper case (read
+#: by the pydantic-settings models of :mod:`fliprm.settings`)
 ENV_PREFIX = "FLIPRM_"
-
-
-def env_settings(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The raw ``FLIPRM_<NAME>`` values that are set and not empty, by field name.
-
-    >>> env_settings(["max_tokens", "method"], {"FLIPRM_MAX_TOKENS": "64", "FLIPRM_METHOD": ""})
-    {'max_tokens': '64'}
-    """
-    env = os.environ if environ is None else environ
-    return {n: env[ENV_PREFIX + n.upper()] for n in names if env.get(ENV_PREFIX + n.upper())}
 
 
 def name_env_vars(message: str, from_env: Mapping[str, str]) -> str:

@@ -64,10 +64,10 @@ def test_flip_reward_settings_from_flags(recipe):
         ["--model", "m", "--judge-backend", "fake", "--method", "f1"]))
     assert local.__name__ == "flip_reward"
     assert (local.settings.config.backend, local.settings.config.method) == ("fake", "f1")
-    assert not local.settings.server_url
+    assert not local.settings.adapter.server_url
     served = recipe.build_reward(recipe.parse_args(
         ["--model", "m", "--judge-url", "http://127.0.0.1:8080"]))
-    assert served.settings.server_url == "http://127.0.0.1:8080"
+    assert served.settings.adapter.server_url == "http://127.0.0.1:8080"
     assert served.settings.config == flip_trl.get_flip_reward().settings.config  # the RL default
     with pytest.raises(SystemExit, match="--judge-url serves FLIP only"):
         recipe.build_reward(recipe.parse_args(

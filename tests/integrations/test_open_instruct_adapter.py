@@ -46,7 +46,7 @@ def test_config_from_args_picks_flip_fields_only():
     cfg = FlipVerifier.get_config_class().from_args(args, None)
     assert cfg == FlipVerifierConfig(flip_server_url="http://h:1", flip_max_tokens=50)
     s = cfg.settings()
-    assert (s.server_url, s.max_tokens) == ("http://h:1", 50)
+    assert (s.adapter.server_url, s.config.max_tokens) == ("http://h:1", 50)
 
 
 def test_register_needs_open_instruct():

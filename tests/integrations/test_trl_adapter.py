@@ -80,7 +80,7 @@ class TestFactory:
         f = get_flip_reward(server_url="http://127.0.0.1:9", max_tokens=99)
         g = pickle.loads(pickle.dumps(f))
         assert isinstance(g, FlipRewardFunction)
-        assert g.settings == f.settings and g.settings.max_tokens == 99
+        assert g.settings == f.settings and g.settings.config.max_tokens == 99
         assert g.__name__ == "flip_reward"
 
     def test_pickle_carries_no_model(self, fake_reward):
@@ -117,7 +117,7 @@ def test_env_settings_are_read_at_call_time(monkeypatch):
     monkeypatch.setenv("FLIPRM_SERVER_URL", "http://h:1")
     monkeypatch.setenv("FLIPRM_API_KEY", "k")
     s = FlipSettings.from_env()
-    assert (s.max_tokens, s.server_url, s.server_api_key) == (77, "http://h:1", "k")
+    assert (s.config.max_tokens, s.adapter.server_url, s.adapter.server_api_key) == (77, "http://h:1", "k")
     monkeypatch.setenv("FLIPRM_MAX_TOKENS", "lots")
     with pytest.raises(ConfigError):
         FlipSettings.from_env()
@@ -140,5 +140,5 @@ def test_api_key_serves_as_server_key_when_only_a_server_is_configured(monkeypat
 
     monkeypatch.setenv("FLIPRM_API_KEY", "k")
     monkeypatch.delenv("FLIPRM_SERVER_URL", raising=False)
-    assert FlipSettings.from_env().server_api_key is None
-    assert get_flip_reward(server_url="http://h:1").settings.server_api_key == "k"
+    assert FlipSettings.from_env().adapter.server_api_key is None
+    assert get_flip_reward(server_url="http://h:1").settings.adapter.server_api_key == "k"

@@ -111,7 +111,7 @@ def test_grpo_in_process_adapter(tiny_policy, embedded_backend, monkeypatch, tmp
     for k, v in {
         "FLIPRM_BACKEND": "openai",
         "FLIPRM_BASE_URL": embedded_backend.http_url,
-        "FLIPRM_API_KEY": embedded_backend.api_key,
+        "FLIPRM_BACKEND_API_KEY": embedded_backend.api_key,
         "FLIPRM_TEMPLATE": "flip-short",
         "FLIPRM_MAX_TOKENS": "64",
         "FLIPRM_PARSE_FAILURE": "zero",

@@ -58,7 +58,7 @@ class OpenAIBackend:
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (``FLIPRM_BASE_URL`` / ``OPENAI_BASE_URL``).
         model: the served model name (``FLIPRM_MODEL``); some servers ignore it.
-        api_key: sent as a bearer token (``FLIPRM_API_KEY`` / ``OPENAI_API_KEY``).
+        api_key: sent as a bearer token (``FLIPRM_BACKEND_API_KEY`` / ``OPENAI_API_KEY``).
         timeout: seconds per attempt, all of it: connecting, sending, waiting and reading
             (not per read, so a server trickling its reply cannot stretch it).
         max_concurrency: calls in flight at once (keep a vLLM server busy: 32-256).
@@ -104,7 +104,9 @@ class OpenAIBackend:
         extra_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        base_url = base_url or os.environ.get("FLIPRM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        from ..settings import KeysEnv, RewardEnv, RuntimeEnv
+
+        base_url = base_url or RuntimeEnv().base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise ConfigError(
                 "the openai backend needs a base URL: pass base_url=... / --base-url, "
@@ -117,8 +119,8 @@ class OpenAIBackend:
             self.base_url += "/v1"
         #: the URL as shown in errors and identities: credentials masked
         self.url = redact_url(self.base_url)
-        self.model = model or os.environ.get("FLIPRM_MODEL") or "default"
-        self.api_key = api_key or os.environ.get("FLIPRM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.model = model or RewardEnv().model or "default"
+        self.api_key = api_key or KeysEnv().backend() or os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
         self.max_concurrency = max_concurrency
         self.schema_mode = schema_mode

@@ -30,18 +30,19 @@ from .._net import redact
 from ..config import (
     ENV_PREFIX,
     PRESETS,
+    RayOptions,
     RewardConfig,
     RuntimeOptions,
     ServerOptions,
-    env_settings,
     make_config,
     name_env_vars,
 )
 from ..errors import ConfigError, FlipError
 from ..model import cache_dir
+from ..settings import EnvSource, RewardEnv, RuntimeEnv, ServerEnv
 from ..templates import Template
 
-__all__ = ["CliSettings", "fail", "reward_options", "server_options"]
+__all__ = ["CliSettings", "fail", "flag_name", "ray_options", "reward_options", "server_options"]
 
 err = Console(stderr=True)
 
@@ -105,6 +106,17 @@ def _registered(kind: str) -> tuple[str, list[str] | None]:
     return registry.backends_help(), None
 
 
+def flag_name(model: type[BaseModel], name: str) -> str:
+    """The ``--flag`` of a config field.
+
+    >>> flag_name(RayOptions, "address"), flag_name(RayOptions, "shard_size")
+    ('--ray-address', '--shard-size')
+    """
+    extra = model.model_fields[name].json_schema_extra or {}
+    return (_FLAG_NAMES.get(name) or extra.get("flag")  # type: ignore[union-attr, return-value]
+            or "--" + name.replace("_", "-"))
+
+
 def _params(model: type[BaseModel], exclude: Iterable[str],
             replicas: bool = False) -> list[inspect.Parameter]:
     out = []
@@ -113,7 +125,7 @@ def _params(model: type[BaseModel], exclude: Iterable[str],
         if name in exclude or not extra.get("cli", True):  # type: ignore[union-attr]
             continue
         typ, choices = _plain(field.annotation)
-        flag = _FLAG_NAMES.get(name) or extra.get("flag") or "--" + name.replace("_", "-")  # type: ignore[union-attr]
+        flag = flag_name(model, name)
         help_ = field.description or ""
         if extra.get("registry"):  # type: ignore[union-attr]
             help_, choices = _registered(extra["registry"])  # type: ignore[index]
@@ -150,6 +162,52 @@ _EXTRA = [
 ]
 
 
+def _with_options(param: str, params: list[inspect.Parameter],
+                  build: Callable[[dict[str, Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a Typer command: add ``params`` to its signature, and call it with
+    ``param=build(the values given for them)`` instead (what every options decorator does)."""
+    names = {p.name for p in params}
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in sig.parameters.values() if p.name != param]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            kwargs[param] = build(given)
+            return fn(**kwargs)
+
+        all_params = own + params
+        wrapper.__signature__ = sig.replace(parameters=all_params,  # type: ignore[attr-defined]
+                                            return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in all_params}
+        del wrapper.__wrapped__  # type: ignore[attr-defined]  (Typer must read this signature)
+        return wrapper
+
+    return deco
+
+
+def _model_options(model: type[BaseModel], param: str, *, exclude: Iterable[str] = (),
+                   env: type[EnvSource] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A flag per field of ``model``, passed as ``param=model(...)``; with ``env``, a field
+    without its flag comes from ``FLIPRM_<FIELD>``. A bad value is a one-line error (exit 2)."""
+
+    def build(given: dict[str, Any]) -> Any:
+        used: dict[str, str] = {}
+        if env is not None:
+            used = {k: v for k, v in env().given().items() if given.get(k) is None}
+            given.update(used)
+        try:
+            return make_config(model, {k: v for k, v in given.items() if v is not None})
+        except FlipError as exc:
+            fail(name_env_vars(str(exc), used))
+
+    return _with_options(param, _params(model, set(exclude)), build)
+
+
 def reward_options(
     *, preset: str = "default", exclude: Iterable[str] = (), default_cache: bool = True,
     replicas: bool = False, env: bool = False,
@@ -163,31 +221,12 @@ def reward_options(
     ``FLIPRM_PRESET``), as for the RL adapters; a bad value is a one-line error naming the var.
     """
     exclude = set(exclude)
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn)
-        hints = typing.get_type_hints(fn, include_extras=True)
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in sig.parameters.values() if p.name != "settings"]
-        derived = _params(RewardConfig, exclude) + _params(RuntimeOptions, exclude, replicas)
-        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "no_cache" else False,
-                                   annotation=a) for n, a in _EXTRA if n not in exclude]
-        names = {p.name for p in derived + extra}
-
-        @functools.wraps(fn)
-        def wrapper(**kwargs: Any) -> Any:
-            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            kwargs["settings"] = _settings(given, preset, default_cache, replicas, env)
-            return fn(**kwargs)
-
-        params = own + derived + extra
-        wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
-                                            return_annotation=None)
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__  # type: ignore[attr-defined]  (Typer must read this signature)
-        return wrapper
-
-    return deco
+    derived = _params(RewardConfig, exclude) + _params(RuntimeOptions, exclude, replicas)
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY,
+                               default=None if n != "no_cache" else False, annotation=a)
+             for n, a in _EXTRA if n not in exclude]
+    return _with_options("settings", derived + extra, lambda given: _settings(
+        given, preset, default_cache, replicas, env))
 
 
 def server_options(
@@ -200,50 +239,24 @@ def server_options(
     ``env``: a field without its flag comes from ``FLIPRM_<FIELD>`` (e.g.
     ``FLIPRM_FAILURE_SCORE``), as the reward settings do.
     """
-    exclude = set(exclude)
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn)
-        hints = typing.get_type_hints(fn, include_extras=True)
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in sig.parameters.values() if p.name != "server"]
-        derived = _params(ServerOptions, exclude)
-        names = {p.name for p in derived}
-
-        @functools.wraps(fn)
-        def wrapper(**kwargs: Any) -> Any:
-            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            used: dict[str, str] = {}
-            if env:
-                used = {k: v for k, v in env_settings(names).items() if given.get(k) is None}
-                given.update(used)
-            try:
-                kwargs["server"] = make_config(
-                    ServerOptions, {k: v for k, v in given.items() if v is not None})
-            except FlipError as exc:
-                fail(name_env_vars(str(exc), used))
-            return fn(**kwargs)
-
-        params = own + derived
-        wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
-                                            return_annotation=None)
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__  # type: ignore[attr-defined]  (Typer must read this signature)
-        return wrapper
-
-    return deco
+    return _model_options(ServerOptions, "server", exclude=exclude,
+                          env=ServerEnv if env else None)
 
 
-#: settings ``fliprm serve`` does not take from ``FLIPRM_<FIELD>``: for a server,
-#: FLIPRM_API_KEY is the key clients must send (the backend's is FLIPRM_BACKEND_API_KEY)
-_NOT_FROM_ENV = frozenset({"api_key"})
+def ray_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a Typer command: a flag per :class:`~fliprm.config.RayOptions` field
+    (``--ray-address``, ``--actors``, ``--cpus-per-actor``, ``--batch-size``, ``--shard-size``),
+    passed as ``ray_options: RayOptions``; its ``model_fields_set`` says which were given."""
+    return _model_options(RayOptions, "ray_options")
 
 
 def _from_env(given: dict[str, Any]) -> dict[str, str]:
-    """Fill unset settings from ``FLIPRM_*``; return the raw values used, by field name."""
-    names = [n for m in (RewardConfig, RuntimeOptions) for n in m.model_fields
-             if n not in _NOT_FROM_ENV]
-    used = {k: v for k, v in env_settings([*names, "preset"]).items() if given.get(k) is None}
+    """Fill unset settings from ``FLIPRM_*``; return the raw values used, by field name.
+
+    The backend's key is not among them: ``--backend-api-key`` reads FLIPRM_BACKEND_API_KEY
+    itself, and for ``fliprm serve`` the old FLIPRM_API_KEY is the server's key."""
+    env = {**RewardEnv().given(), **RuntimeEnv().given()}
+    used = {k: v for k, v in env.items() if given.get(k) is None}
     for k, raw in used.items():
         if k == "base_url":
             given[k] = [raw]

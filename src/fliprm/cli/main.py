@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
+from typing import Any
 
 import typer
 
@@ -64,8 +66,22 @@ def _load_plugins() -> None:
             raise SystemExit(stop.exit_code) from None
 
 
+def _one_line(default: Any) -> Any:
+    def fmt(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        if str(message).startswith("FLIPRM_"):  # ours: what to set, not where in fliprm
+            return f"warning: {message}\n"
+        return default(message, category, *args, **kwargs)
+
+    return fmt
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Python hides DeprecationWarnings outside __main__; a user of the CLI must see this one,
+    # as one line
+    warnings.filterwarnings("default", message="FLIPRM_API_KEY is deprecated",
+                            category=DeprecationWarning)
+    warnings.formatwarning = _one_line(warnings.formatwarning)
     _load_plugins()
     _register()
     app()

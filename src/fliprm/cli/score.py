@@ -15,8 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..batch import Fields, Summary, score_file
+from ..config import RayOptions
 from ..errors import BackendError, FlipError, format_error_counts
-from ._config_options import CliSettings, err, fail, reward_options
+from ._config_options import CliSettings, err, fail, flag_name, ray_options, reward_options
 from ._eval_common import HfConfigOpt, SplitOpt
 from ._progress import MetricsOpt, RunProgress
 
@@ -85,8 +86,10 @@ def _spool_stdin() -> Path:
 def register(app: typer.Typer) -> None:
     @app.command()
     @reward_options(preset="default", replicas=True)
+    @ray_options()
     def score(
         settings: CliSettings,
+        ray_options: RayOptions,
         input: Annotated[
             str | None,
             typer.Argument(help="JSONL, CSV or parquet file, a datasets save_to_disk folder, "
@@ -122,19 +125,6 @@ def register(app: typer.Typer) -> None:
         ray: Annotated[bool, typer.Option(
             "--ray", help="score on Ray (needs the ray extra): -o is a folder of parquet "
             "shards, resumable by shard")] = False,
-        ray_address: Annotated[str | None, typer.Option(
-            "--ray-address", help="with --ray: 'auto' joins a running cluster, or "
-            "ray://HOST:10001 (default: start a local Ray)")] = None,
-        actors: Annotated[int | None, typer.Option(
-            "--actors", help="with --ray: scoring actors (default 1, or one per --base-url)")] = None,
-        cpus_per_actor: Annotated[float | None, typer.Option(
-            "--cpus-per-actor", help="with --ray: CPUs reserved per actor; the embedded model "
-            "runs that many threads (default 1; 0.25 is plenty for HTTP)")] = None,
-        batch_size: Annotated[int | None, typer.Option(
-            "--batch-size", help="with --ray: rows per actor call (default 16)")] = None,
-        shard_size: Annotated[int | None, typer.Option(
-            "--shard-size", help="with --ray: rows per output shard, the unit of resumption "
-            "(default 1000)")] = None,
     ) -> None:
         """Score (instruction, response) pairs with FLIP.
 
@@ -143,59 +133,28 @@ def register(app: typer.Typer) -> None:
         On Ray:   fliprm score pairs.jsonl -o scores/ --ray --actors 2   (parquet shards)
         """
         single = instruction is not None or response is not None
-        if single == (input is not None):
-            fail("give either INPUT (with -o) or --instruction and --response")
-        if input is not None and out is None:
-            fail("scoring a file needs -o OUTPUT.jsonl (with --ray: -o DIR)")
-        urls = list(settings.base_urls)
-        ray_only = {"--ray-address": ray_address, "--actors": actors,
-                    "--cpus-per-actor": cpus_per_actor, "--batch-size": batch_size,
-                    "--shard-size": shard_size}
-        if not ray:
-            given = [flag for flag, value in ray_only.items() if value is not None]
-            if given:
-                fail(f"{', '.join(given)} only apply with --ray")
-            if len(urls) > 1:
-                fail("several --base-url (one per replica) need --ray")
-        elif single:
-            fail("--ray scores a file: give INPUT and -o DIR")
+        _check_usage(input, out, single, ray, ray_options, settings)
         fields = Fields(id_field, instruction_field, response_field, context_field, messages_field)
-        path, label = None, None
-        if input not in (None, "-"):
-            from ..hf_input import resolve_input
-
-            try:
-                resolved = resolve_input(input, split=split, config=hf_config)  # type: ignore[arg-type]
-            except FlipError as exc:
-                fail(str(exc))
-            path, label = resolved.path, None if resolved.is_file else resolved.label
+        path, label = _resolve_input(input, split, hf_config)
         if ray:
             if path is None:
                 fail("--ray reads a file every node can see, not stdin")
             assert out is not None
-            _score_ray(path, out, settings, ray_address=ray_address, actors=actors,
-                       cpus_per_actor=cpus_per_actor, batch_size=batch_size,
-                       shard_size=shard_size, fields=fields, retry_errors=retry_errors,
-                       force=force, limit=limit)
+            _score_ray(path, out, settings, ray_options, fields=fields,
+                       retry_errors=retry_errors, force=force, limit=limit)
         try:
             reward = settings.reward()
         except FlipError as exc:
             fail(str(exc))
+        if single:
+            _score_one(reward, instruction, response, context)
+        assert out is not None
+        keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
+                else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
         spooled = None
         try:
-            if single:
-                try:  # a server that cannot give what the method needs is one error at start
-                    reward.identify()
-                except BackendError:
-                    pass  # an unreachable judge: the item's error says so, as for any call
-                res = reward.score([instruction], [response], [context])[0]
-                print(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
-                raise typer.Exit(1 if res.error else 0)
-            assert out is not None
             if path is None:
                 path = spooled = _spool_stdin()
-            keep = (keep_columns.strip() if keep_columns and keep_columns.strip() == "all"
-                    else [c.strip() for c in (keep_columns or "").split(",") if c.strip()])
             summary = _score_file(reward, path, out, fields, retry_errors, force, limit,
                                   label="-" if spooled else label, keep=keep or None,
                                   metrics_jsonl=metrics_jsonl)
@@ -207,6 +166,55 @@ def register(app: typer.Typer) -> None:
                 spooled.unlink(missing_ok=True)
         print_summary(summary, out)
         raise typer.Exit(1 if summary.errors_total else 0)
+
+
+def _check_usage(input: str | None, out: Path | None, single: bool, ray: bool,
+                 ray_options: RayOptions, settings: CliSettings) -> None:
+    """One pair or one file; the Ray flags and several --base-url only with --ray."""
+    if single == (input is not None):
+        fail("give either INPUT (with -o) or --instruction and --response")
+    if input is not None and out is None:
+        fail("scoring a file needs -o OUTPUT.jsonl (with --ray: -o DIR)")
+    if not ray:
+        given = [flag_name(RayOptions, k) for k in RayOptions.model_fields
+                 if k in ray_options.model_fields_set]
+        if given:
+            fail(f"{', '.join(given)} only apply with --ray")
+        if len(settings.base_urls) > 1:
+            fail("several --base-url (one per replica) need --ray")
+    elif single:
+        fail("--ray scores a file: give INPUT and -o DIR")
+
+
+def _resolve_input(input: str | None, split: str | None,
+                   hf_config: str | None) -> tuple[Path | None, str | None]:
+    """The file to read (None: stdin or one pair) and, for a dataset, its label."""
+    if input in (None, "-"):
+        return None, None
+    from ..hf_input import resolve_input
+
+    try:
+        resolved = resolve_input(input, split=split, config=hf_config)  # type: ignore[arg-type]
+    except FlipError as exc:
+        fail(str(exc))
+    return resolved.path, None if resolved.is_file else resolved.label
+
+
+def _score_one(reward: Any, instruction: str | None, response: str | None,
+               context: str | None) -> NoReturn:
+    """Score one pair from the flags, print its result as JSON (exit 1 if it failed)."""
+    try:
+        try:  # a server that cannot give what the method needs is one error at start
+            reward.identify()
+        except BackendError:
+            pass  # an unreachable judge: the item's error says so, as for any call
+        res = reward.score([instruction], [response], [context])[0]
+    except FlipError as exc:
+        fail(str(exc))
+    finally:
+        reward.close()
+    print(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
+    raise typer.Exit(1 if res.error else 0)
 
 
 def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors: bool,
@@ -229,26 +237,19 @@ def _score_file(reward: Any, path: Path, out: Path, fields: Fields, retry_errors
                                       keep_columns=keep))
 
 
-def _score_ray(input: Path, output: Path, settings: CliSettings, *, ray_address: str | None,
-               actors: int | None, cpus_per_actor: float | None, batch_size: int | None,
-               shard_size: int | None, fields: Fields, retry_errors: bool, force: bool,
-               limit: int | None) -> NoReturn:
+def _score_ray(input: Path, output: Path, settings: CliSettings, ray_options: RayOptions, *,
+               fields: Fields, retry_errors: bool, force: bool, limit: int | None) -> NoReturn:
     """``--ray``: the same settings, handed to :func:`fliprm.scale.score_file_ray`."""
     from ..scale import score_file_ray  # Ray itself is imported only inside, when the run starts
 
-    if any(v is not None and v <= 0 for v in (actors, cpus_per_actor, batch_size, shard_size)):
-        fail("--actors, --cpus-per-actor, --batch-size and --shard-size must be positive")
     urls = list(settings.base_urls)
     try:
         summary = score_file_ray(
             input, output, config=settings.config, runtime=settings.runtime,
-            base_urls=urls if len(urls) > 1 else None, num_actors=actors,
-            num_cpus_per_actor=cpus_per_actor if cpus_per_actor is not None else 1.0,
-            batch_size=batch_size or 16, shard_size=shard_size or 1000, fields=fields,
+            base_urls=urls if len(urls) > 1 else None, ray_options=ray_options, fields=fields,
             # only an explicit path: each node should have its own node-local SQLite file
             cache=str(settings.cache) if settings.cache_explicit else None,
-            retry_errors=retry_errors, force=force, limit=limit, ray_address=ray_address,
-            progress=True,
+            retry_errors=retry_errors, force=force, limit=limit, progress=True,
         )
     except FlipError as exc:
         fail(str(exc))

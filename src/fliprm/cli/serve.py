@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..cache import ResponseCache
 from ..config import ServerOptions
 from ..errors import BackendError, FlipError
+from ..settings import OLD_API_KEY, SERVER_API_KEY, KeysEnv
 from ._config_options import CliSettings, fail, reward_options, server_options
 
 
@@ -37,9 +38,8 @@ def register(app: typer.Typer) -> None:
         server: ServerOptions,
         server_api_key: Annotated[
             str | None,
-            typer.Option(
-                "--api-key", envvar="FLIPRM_API_KEY", help="clients must send it as a bearer token"
-            ),
+            typer.Option("--api-key", help="clients must send it as a bearer token (env "
+                         f"{SERVER_API_KEY})"),
         ] = None,
         cache_max_entries: Annotated[int, typer.Option(
             help="with --cache: completions kept at most (the oldest go)")] = 100_000,
@@ -51,31 +51,41 @@ def register(app: typer.Typer) -> None:
         its flag comes from FLIPRM_<SETTING> (FLIPRM_METHOD, FLIPRM_PRESET, FLIPRM_FAILURE_SCORE,
         ...), as for the RL adapters, so one environment configures both. No response cache
         unless --cache PATH is given (then at most --cache-max-entries completions)."""
-        if not is_loopback(server.host) and not server_api_key:
+        server = server.replace(api_key=server_api_key or KeysEnv().server())
+        if not is_loopback(server.host) and not server.api_key:
             fail(f"--host {server.host} is reachable from other machines: set --api-key or "
-                 "FLIPRM_API_KEY")
-        # The server's key must not leak to an upstream openai backend via its env fallback.
-        os.environ.pop("FLIPRM_API_KEY", None)
+                 f"{SERVER_API_KEY}")
+        # For a server the old FLIPRM_API_KEY was its own key: it must not reach an upstream
+        # openai backend through that backend's deprecated fallback.
+        os.environ.pop(OLD_API_KEY, None)
         try:
-            from ..server import GuardedServer, create_app, load_model, serve_config
+            from ..server import GuardedServer, create_app, serve_config
         except ImportError:
             fail("fliprm serve needs its extra: pip install 'fliprm[server]'", code=1)
-        if cache_max_entries < 1:
-            fail("--cache-max-entries must be >= 1")
-        try:
-            cache = (ResponseCache(settings.cache, max_entries=cache_max_entries)
-                     if settings.cache is not None else None)
-            reward = settings.reward(cache=cache)
-            try:  # a judge that cannot give what the method needs: one error, before listening
-                reward.identify()
-            except BackendError:
-                pass  # not reachable yet (a vLLM still loading): /health and each item say so
-        except FlipError as exc:
-            fail(str(exc))
-        try:  # before listening: never healthy over a model that does not load
-            load_model(reward)
-        except FlipError as exc:
-            fail(f"the model does not load: {type(exc).__name__}: {exc}", code=1)
-        server = server.replace(api_key=server_api_key)
+        reward = _loaded_reward(settings, cache_max_entries)
         app_ = create_app(reward, options=server, close_reward=True)
         GuardedServer(serve_config(app_, server)).run()
+
+
+def _loaded_reward(settings: CliSettings, cache_max_entries: int) -> Any:
+    """The reward to serve, its model loaded: never healthy over a model that does not load,
+    and a judge that cannot give what the method needs is one error before listening."""
+    from ..server import load_model
+
+    if cache_max_entries < 1:
+        fail("--cache-max-entries must be >= 1")
+    try:
+        cache = (ResponseCache(settings.cache, max_entries=cache_max_entries)
+                 if settings.cache is not None else None)
+        reward = settings.reward(cache=cache)
+        try:
+            reward.identify()
+        except BackendError:
+            pass  # not reachable yet (a vLLM still loading): /health and each item say so
+    except FlipError as exc:
+        fail(str(exc))
+    try:
+        load_model(reward)
+    except FlipError as exc:
+        fail(f"the model does not load: {type(exc).__name__}: {exc}", code=1)
+    return reward

@@ -27,13 +27,13 @@ from ..config import (
     RewardConfig,
     RuntimeOptions,
     describe_differences,
-    env_settings,
     make_config,
     name_env_vars,
 )
 from ..errors import ConfigError, ErrorKind
 from ..result import FlipResult
 from ..reward import FlipReward
+from ..settings import BACKEND_API_KEY, SERVER_API_KEY, KeysEnv, RewardEnv, RuntimeEnv, env_model
 from ._replies import is_number as _is_number
 from ._replies import match_results
 
@@ -68,6 +68,8 @@ class AdapterOptions(BaseModel):
 
 
 _GROUPS: tuple[type[BaseModel], ...] = (RewardConfig, RuntimeOptions, AdapterOptions)
+#: ``FLIPRM_<FIELD>`` for the adapter options; the server's key is a secret of KeysEnv
+AdapterEnv = env_model("AdapterEnv", AdapterOptions, exclude={"server_api_key"})
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ class FlipSettings:
     from the ``rl`` preset, the one RL default shared with ``fliprm serve``), the runtime and
     the adapter options. Frozen and small, so it pickles into rollout workers.
 
-    Every field of the three can come from an env var ``FLIPRM_<FIELD>`` (upper case), e.g.
-    ``FLIPRM_BACKEND=openai``, ``FLIPRM_BASE_URL=http://127.0.0.1:8000/v1``,
-    ``FLIPRM_METHOD=f1``, ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``,
-    ``FLIPRM_SERVER_URL=http://127.0.0.1:8080`` (score on a ``fliprm serve``), and
-    ``FLIPRM_PRESET`` picks another starting point. ``explicit`` names the reward settings
+    Every field of the three can come from an env var ``FLIPRM_<FIELD>`` (upper case; read by
+    the pydantic-settings models of :mod:`fliprm.settings`), e.g. ``FLIPRM_BACKEND=openai``,
+    ``FLIPRM_BASE_URL=http://127.0.0.1:8000/v1``, ``FLIPRM_METHOD=f1``,
+    ``FLIPRM_TEMPLATE=flip``, ``FLIPRM_MASK_ECHO=false``, ``FLIPRM_SERVER_URL=http://127.0.0.1:8080``
+    (score on a ``fliprm serve``), and ``FLIPRM_PRESET`` picks another starting point. The
+    keys are ``FLIPRM_BACKEND_API_KEY`` (the judge's) and ``FLIPRM_SERVER_API_KEY`` (the fliprm
+    server's). Read the parts as ``settings.config.method``, ``settings.adapter.server_url``. ``explicit`` names the reward settings
     that were asked for (env, keywords, or an explicit preset's own settings): with a
     server, those and the method must match the server's, or the first call refuses.
 
@@ -100,16 +104,15 @@ class FlipSettings:
         unknown = set(overrides) - known_settings()
         if unknown:
             raise ConfigError(f"unknown FLIP reward settings: {sorted(unknown)}")
-        from_env = env_settings(n for g in _GROUPS for n in g.model_fields)
+        from_env = {**RewardEnv().given(), **RuntimeEnv().given(), **AdapterEnv().given()}
+        preset = overrides.get("preset") or from_env.pop("preset", None)
         values: dict[str, Any] = {k: _coerce(k, raw) for k, raw in from_env.items()}
         given = {k: v for k, v in overrides.items() if k != "preset" and v is not None}
         values.update(given)
         for k in given:
             from_env.pop(k, None)
-        if values.get("server_url") and not values.get("server_api_key") and values.get("api_key"):
-            # with a server there is no in-process backend, so FLIPRM_API_KEY means the server's
-            values["server_api_key"] = values["api_key"]
-        preset = overrides.get("preset") or os.environ.get(_ENV + "PRESET") or None
+        for k, v in _keys(server=bool(values.get("server_url"))).items():
+            values.setdefault(k, v)
         explicit = {k for k in values if k in RewardConfig.model_fields}
         if preset is not None and preset in PRESETS:
             # a preset asked for by name sets its own settings and, implicitly, the method
@@ -124,16 +127,6 @@ class FlipSettings:
             )
         except ConfigError as exc:
             raise ConfigError(name_env_vars(str(exc), from_env)) from None
-
-    def __getattr__(self, name: str) -> Any:
-        # settings.max_tokens, settings.server_url, ...: one flat view of the three parts
-        if name.startswith("__"):
-            raise AttributeError(name)
-        for part in ("config", "runtime", "adapter"):
-            obj = object.__getattribute__(self, part)
-            if name in type(obj).model_fields:
-                return getattr(obj, name)
-        raise AttributeError(name)
 
     def key(self) -> str:
         """A stable identity for the per-process scorer cache."""
@@ -154,6 +147,19 @@ class FlipSettings:
     def build_reward(self) -> FlipReward:
         """A :class:`FlipReward` for in-process scoring (loads nothing until the first call)."""
         return FlipReward(config=self.config, runtime=self.runtime)
+
+
+def _keys(server: bool) -> dict[str, str]:
+    """The secrets from the env: ``api_key`` (the judge backend's, FLIPRM_BACKEND_API_KEY) and
+    ``server_api_key`` (a fliprm server's, FLIPRM_SERVER_API_KEY). The deprecated
+    FLIPRM_API_KEY stands in for a missing one: the server's where a server scores, else the
+    backend's (the one meaning it had in each case)."""
+    keys = KeysEnv()
+    out = {"api_key": keys.backend_api_key, "server_api_key": keys.server_api_key}
+    missing = "server_api_key" if server else "api_key"
+    if out[missing] is None:
+        out[missing] = keys.deprecated(SERVER_API_KEY if server else BACKEND_API_KEY)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def known_settings() -> set[str]:
@@ -361,10 +367,11 @@ def get_scorer(settings: FlipSettings) -> Scorer:
     with _lock:
         scorer = _scorers.get(key)
         if scorer is None:
-            if settings.server_url:
+            adapter = settings.adapter
+            if adapter.server_url:
                 scorer = ServerScorer(
-                    settings.server_url, api_key=settings.server_api_key,
-                    timeout=settings.server_timeout, expect=settings.expected_identity(),
+                    adapter.server_url, api_key=adapter.server_api_key,
+                    timeout=adapter.server_timeout, expect=settings.expected_identity(),
                 )
             else:
                 scorer = settings.build_reward()

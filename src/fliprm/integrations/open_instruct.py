@@ -129,7 +129,7 @@ class FlipVerifier:
         [res] = await score_batch(settings, [_label_text(label)], [prediction])
         if failed(res):
             return self.result_cls(
-                score=settings.failure_score, cost=0.0, reasoning=f"flip failed: {res.error}"
+                score=settings.adapter.failure_score, cost=0.0, reasoning=f"flip failed: {res.error}"
             )
         return self.result_cls(score=float(res.reward), cost=0.0, reasoning=_reasoning(res))
 

@@ -142,7 +142,7 @@ def reward_func(
     """
     settings = FlipSettings.from_env(**kwargs)
     results = run_sync(ascore_openrlhf(queries, prompts, labels, settings))
-    payload = rewards_payload(results, settings.failure_score, settings.config.method)
+    payload = rewards_payload(results, settings.adapter.failure_score, settings.config.method)
     try:
         import torch
     except ImportError:

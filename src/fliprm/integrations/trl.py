@@ -93,7 +93,7 @@ async def flip_reward(
     settings = _settings or FlipSettings.from_env()
     completions = list(completions or [])
     responses = [_completion_text(c) for c in completions]
-    instructions = _instructions(prompts, len(responses), settings.instruction_column, kwargs)
+    instructions = _instructions(prompts, len(responses), settings.adapter.instruction_column, kwargs)
     if len(instructions) != len(responses):
         raise ConfigError(f"got {len(instructions)} instructions for {len(responses)} completions")
     results = await score_batch(settings, instructions, responses)
@@ -134,7 +134,7 @@ def get_flip_reward(**settings: Any) -> FlipRewardFunction:
 
     Example:
         >>> reward = get_flip_reward(server_url="http://127.0.0.1:8080", max_tokens=128)
-        >>> reward.__name__, reward.settings.max_tokens
+        >>> reward.__name__, reward.settings.config.max_tokens
         ('flip_reward', 128)
     """
     return FlipRewardFunction(flip_reward, _settings=FlipSettings.from_env(**settings))

@@ -101,7 +101,7 @@ async def compute_score(
     """
     settings = _settings(reward_router_address, reward_model_tokenizer, kwargs)
     [res] = await score_batch(settings, [_instruction(ground_truth, extra_info)], [solution_str])
-    return _to_dict(res, settings.failure_score)
+    return _to_dict(res, settings.adapter.failure_score)
 
 
 async def acompute_score_batch(
@@ -119,7 +119,7 @@ async def acompute_score_batch(
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     instructions = [_instruction(g, e) for g, e in zip(ground_truths, infos)]
     results = await score_batch(settings, instructions, list(solution_strs))
-    return [_to_dict(r, settings.failure_score) for r in results]
+    return [_to_dict(r, settings.adapter.failure_score) for r in results]
 
 
 def compute_score_batch(

@@ -26,7 +26,7 @@ from typing import Any
 from .._net import redact
 from ..backends import is_local_model
 from ..batch import Fields, Summary
-from ..config import RewardConfig, RuntimeOptions
+from ..config import RayOptions, RewardConfig, RuntimeOptions
 from ..errors import FlipError, MissingDependency, format_error_counts
 from ..result import FlipResult
 from ..reward import FlipReward
@@ -197,10 +197,11 @@ def score_file_ray(
     config: RewardConfig | None = None,
     runtime: RuntimeOptions | None = None,
     base_urls: Sequence[str] | None = None,
+    ray_options: RayOptions | None = None,
     num_actors: int | None = None,
-    num_cpus_per_actor: float = 1.0,
-    batch_size: int = 16,
-    shard_size: int = 1000,
+    num_cpus_per_actor: float | None = None,
+    batch_size: int | None = None,
+    shard_size: int | None = None,
     fields: Fields = Fields(),  # noqa: B008  (frozen dataclass, as in batch.score_file)
     cache: str | None = None,
     retry_errors: bool = False,
@@ -221,20 +222,24 @@ def score_file_ray(
         runtime: engine options (:class:`~fliprm.config.RuntimeOptions`): ``base_url`` is one
             server or a load balancer in front of many.
         base_urls: one URL per replica; each actor takes the next one (round robin) and
-            ``num_actors`` defaults to ``len(base_urls)``.
-        num_actors: scoring actors (default 1, or one per URL in ``base_urls``).
-        num_cpus_per_actor: CPUs Ray reserves per actor; the embedded model runs that many
-            threads. For HTTP backends a fraction (0.25) is plenty.
-        batch_size: rows per actor call; for HTTP backends also the most requests in flight per
-            actor (capped by ``max_concurrency``).
-        shard_size: rows per output shard, the unit of resumption.
+            the number of actors defaults to ``len(base_urls)``.
+        ray_options: how to run on Ray (:class:`~fliprm.config.RayOptions`: cluster address,
+            actors, CPUs per actor, batch and shard size; the ``fliprm score --ray`` flags).
+        num_actors: ``ray_options.actors``: scoring actors (default 1, or one per URL in
+            ``base_urls``). This and the next four keywords, where given, override
+            ``ray_options``.
+        num_cpus_per_actor: ``ray_options.cpus_per_actor``: CPUs Ray reserves per actor; the
+            embedded model runs that many threads. For HTTP backends a fraction (0.25) is plenty.
+        batch_size: ``ray_options.batch_size``: rows per actor call; for HTTP backends also the
+            most requests in flight per actor (capped by ``max_concurrency``).
+        shard_size: ``ray_options.shard_size``: rows per output shard, the unit of resumption.
         fields: input column names (:class:`fliprm.batch.Fields`).
         cache: a node-local response-cache path for every actor (never one on NFS).
         retry_errors: also redo shards that hold rows with an error.
         force: start the output folder over.
         limit: only the first ``limit`` rows.
-        ray_address: passed to ``ray.init`` if Ray is not initialised yet (``"auto"`` joins a
-            running cluster; ``None`` starts a local one).
+        ray_address: ``ray_options.address``: passed to ``ray.init`` if Ray is not initialised
+            yet (``"auto"`` joins a running cluster; ``None`` starts a local one).
         progress: print one line per finished shard to stderr (Ray adds its own progress bars).
         on_shard: called with a :class:`ShardReport` per finished shard.
 
@@ -250,9 +255,12 @@ def score_file_ray(
     ray = _import_ray()
     config = config or RewardConfig()
     runtime = runtime or RuntimeOptions()
+    opts = (ray_options or RayOptions()).replace(
+        address=ray_address, actors=num_actors, cpus_per_actor=num_cpus_per_actor,
+        batch_size=batch_size, shard_size=shard_size)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_shards(input, shard_size, limit=limit)
+    plan = plan_shards(input, opts.shard_size, limit=limit)
     # the identity of the reward the actors will build (the backend is built, not loaded; an
     # HTTP judge is asked what it serves, so another model under the same name is refused)
     probe_rt = runtime.model_copy(update={"base_url": base_urls[0]}) if base_urls else runtime
@@ -264,9 +272,8 @@ def score_file_ray(
     lock = PlanLock(out)
     try:
         fingerprint = lock.check(plan, identity, force=force)
-        summary = _run(ray, plan, fingerprint, out, config, runtime, base_urls, num_actors,
-                       num_cpus_per_actor, batch_size, fields, cache, retry_errors, ray_address,
-                       progress, on_shard)
+        summary = _run(ray, plan, fingerprint, out, config, runtime, base_urls, opts, fields,
+                       cache, retry_errors, progress, on_shard)
     finally:
         lock.release()
     summary.elapsed_s = time.perf_counter() - t0
@@ -274,10 +281,8 @@ def score_file_ray(
 
 
 def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardConfig,
-         runtime: RuntimeOptions,
-         base_urls: Sequence[str] | None, num_actors: int | None, num_cpus_per_actor: float,
-         batch_size: int, fields: Fields, cache: str | None, retry_errors: bool,
-         ray_address: str | None, progress: bool,
+         runtime: RuntimeOptions, base_urls: Sequence[str] | None, opts: RayOptions,
+         fields: Fields, cache: str | None, retry_errors: bool, progress: bool,
          on_shard: Callable[[ShardReport], None] | None) -> RaySummary:
     for stale in out.glob(".shard-*.tmp"):  # left by a killed run; the shard is redone
         stale.unlink(missing_ok=True)
@@ -306,10 +311,10 @@ def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardC
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=ray_address, **({} if ray_address else {"include_dashboard": False}))
+        ray.init(address=opts.address, **({} if opts.address else {"include_dashboard": False}))
     try:
         url_pool = _url_pool(ray, base_urls) if base_urls else None
-        n_actors = num_actors or (len(base_urls) if base_urls else 1)
+        n_actors = opts.actors or (len(base_urls) if base_urls else 1)
         ds = ray.data.from_items([asdict(s) for s in pending.values()],
                                  override_num_blocks=len(pending))
         # Reading is light; 0 CPUs keeps it schedulable when the actors hold every core.
@@ -318,11 +323,11 @@ def _run(ray: Any, plan: ShardPlan, fingerprint: str, out: Path, config: RewardC
             FlipBatchScorer,
             fn_constructor_kwargs={
                 "config": config, "runtime": runtime, "cache": cache,
-                "n_threads": max(1, round(num_cpus_per_actor)), "url_pool": url_pool,
+                "n_threads": max(1, round(opts.cpus_per_actor)), "url_pool": url_pool,
             },
-            batch_size=batch_size, batch_format="pyarrow",
+            batch_size=opts.batch_size, batch_format="pyarrow",
             # a fixed pool: each actor holds a model or a replica, so no autoscaling churn
-            compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=num_cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=opts.cpus_per_actor,
         )
         _collect(ds, pending, fingerprint, out, summary, progress, on_shard)
     finally:

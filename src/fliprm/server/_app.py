@@ -104,23 +104,43 @@ def create_app(
     opts = options or ServerOptions()
     if changes:
         opts = opts.replace(**changes)
-    max_items_per_request = min(opts.max_items_per_request, opts.max_queue_items)
-    max_instruction_chars = opts.max_instruction_chars
-    request_timeout = opts.request_timeout
-    failure_score = opts.failure_score
-    max_inflight_batches = opts.max_inflight_batches
-    if max_inflight_batches is None:
-        max_inflight_batches = max(1, min(8, reward.engine.max_concurrency // 4))
     metrics = Metrics()
-    batcher = MicroBatcher(
+    batcher = _make_batcher(reward, metrics, opts)
+    app = FastAPI(title="fliprm reward server", version=__version__,
+                  lifespan=_lifespan(reward, batcher, opts, close_reward))
+    app.state.options = opts
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.reward = reward
+    app.state.model_error = None
+    _add_scoring_routes(app, _RequestScorer(app, opts))
+    _add_status_routes(app)
+    app.add_middleware(
+        LimitsMiddleware,
+        metrics=metrics,
+        api_key=opts.api_key,
+        max_body_bytes=opts.max_body_bytes,
+        routes=frozenset(getattr(r, "path", "") for r in app.routes),
+    )
+    return app
+
+
+def _make_batcher(reward: FlipReward, metrics: Metrics, opts: ServerOptions) -> MicroBatcher:
+    inflight = opts.max_inflight_batches
+    if inflight is None:  # HTTP backends take several batches at once; the embedded model one
+        inflight = max(1, min(8, reward.engine.max_concurrency // 4))
+    return MicroBatcher(
         reward,
         metrics,
         max_batch_items=opts.max_batch_items,
         max_wait_s=opts.max_wait_ms / 1000,
         max_queue_items=opts.max_queue_items,
-        max_inflight_batches=max_inflight_batches,
+        max_inflight_batches=inflight,
     )
 
+
+def _lifespan(reward: FlipReward, batcher: MicroBatcher, opts: ServerOptions,
+              close_reward: bool) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
@@ -135,45 +155,42 @@ def create_app(
         if close_reward:
             await reward.aclose()
 
-    app = FastAPI(title="fliprm reward server", version=__version__, lifespan=lifespan)
-    app.state.options = opts
-    app.state.batcher = batcher
-    app.state.metrics = metrics
-    app.state.reward = reward
-    app.state.model_error = None
+    return lifespan
 
-    async def run(instr: list[Any], resp: list[Any], ctx: list[Any],
+
+class _RequestScorer:
+    """Scores one request's items through the app's batcher, within the server's limits."""
+
+    def __init__(self, app: FastAPI, opts: ServerOptions) -> None:
+        self.app, self.opts = app, opts
+        self.reward: FlipReward = app.state.reward
+        self.batcher: MicroBatcher = app.state.batcher
+        self.metrics: Metrics = app.state.metrics
+        self.max_items = min(opts.max_items_per_request, opts.max_queue_items)
+
+    async def run(self, instr: list[Any], resp: list[Any], ctx: list[Any],
                   request: Request | None = None, index: list[int] | None = None,
                   ) -> list[FlipResult]:
         """Score the items; ``index``: their places in the request (default: 0, 1, ...)."""
-        if app.state.model_error is not None:
+        metrics = self.metrics
+        if self.app.state.model_error is not None:
             metrics.rejected["model_failed"] += 1
-            raise HTTPException(503, app.state.model_error)
-        if len(instr) > max_items_per_request:
+            raise HTTPException(503, self.app.state.model_error)
+        if len(instr) > self.max_items:
             metrics.rejected["too_large"] += 1
-            raise HTTPException(413, f"at most {max_items_per_request} items per request")
-        # An over-long instruction is its item's error, before any work on it: masking a
-        # 10 MB instruction's echo alone took seconds.
-        out: list[FlipResult | None] = [None] * len(instr)
-        for i, value in enumerate(instr):
-            n = _instruction_chars(value, reward.config.infer)
-            if n > max_instruction_chars:
-                metrics.rejected["instruction_too_long"] += 1
-                out[i] = FlipResult(
-                    reward=None, method=reward.config.method, model=reward.backend.model_id,
-                    error_kind="bad_input", error=f"item {i if index is None else index[i]}: field 'instruction' has "
-                    f"{n:,} characters, over this server's limit of {max_instruction_chars:,} "
-                    "(--max-instruction-chars)")
+            raise HTTPException(413, f"at most {self.max_items} items per request")
+        out = self._too_long(instr, index)
         todo = [i for i, r in enumerate(out) if r is None]
         if len(todo) < len(instr):
-            got = await run([instr[i] for i in todo], [resp[i] for i in todo],
-                            [ctx[i] for i in todo], request,
-                            [i if index is None else index[i] for i in todo])
+            got = await self.run([instr[i] for i in todo], [resp[i] for i in todo],
+                                 [ctx[i] for i in todo], request,
+                                 [i if index is None else index[i] for i in todo])
             for i, res in zip(todo, got):
                 out[i] = res
             return [r for r in out if r is not None]
-        submit = asyncio.ensure_future(batcher.submit(instr, resp, ctx, timeout=request_timeout,
-                                                      index=index))
+        submit = asyncio.ensure_future(self.batcher.submit(instr, resp, ctx,
+                                                           timeout=self.opts.request_timeout,
+                                                           index=index))
         # a client that hangs up has its items dropped (queued) or cancelled (running)
         watch = asyncio.ensure_future(_client_gone(request)) if request is not None else None
         try:
@@ -197,12 +214,44 @@ def create_app(
             if watch is not None:
                 watch.cancel()
 
+    def _too_long(self, instr: list[Any], index: list[int] | None) -> list[FlipResult | None]:
+        """An error result for each over-long instruction (None for the rest), before any
+        work on it: masking a 10 MB instruction's echo alone took seconds."""
+        reward, limit = self.reward, self.opts.max_instruction_chars
+        out: list[FlipResult | None] = [None] * len(instr)
+        for i, value in enumerate(instr):
+            n = _instruction_chars(value, reward.config.infer)
+            if n > limit:
+                self.metrics.rejected["instruction_too_long"] += 1
+                out[i] = FlipResult(
+                    reward=None, method=reward.config.method, model=reward.backend.model_id,
+                    error_kind="bad_input",
+                    error=f"item {i if index is None else index[i]}: field 'instruction' has "
+                    f"{n:,} characters, over this server's limit of {limit:,} "
+                    "(--max-instruction-chars)")
+        return out
+
+    async def nonblank(self, instr: list[Any], resp: list[str],
+                       request: Request) -> list[FlipResult]:
+        # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
+        todo = [i for i, r in enumerate(resp) if r.strip()]
+        out = [empty_result(self.reward.config.method) for _ in resp]
+        got = await self.run([instr[i] for i in todo], [resp[i] for i in todo],
+                             [None] * len(todo), request, todo)
+        for i, res in zip(todo, got):
+            out[i] = res
+        return out
+
+
+def _add_scoring_routes(app: FastAPI, scorer: _RequestScorer) -> None:
+    reward = scorer.reward
+
     @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema(ScoreRequest))
     async def score(request: Request) -> Response:
         """Score a batch of items; results come back in input order as FlipResult dicts, each with
         its ``index`` in the request (and the item's ``id``, if it sent one)."""
         req = await asyncio.to_thread(parse_body, await request.body(), ScoreRequest)
-        results = await run(
+        results = await scorer.run(
             [it.messages if it.messages is not None else it.instruction for it in req.items],
             [it.response for it in req.items],
             [it.context for it in req.items],
@@ -225,18 +274,9 @@ def create_app(
         """OpenRLHF's remote reward: instruction = label, response = query minus prompt."""
         req = await asyncio.to_thread(parse_body, await request.body(), OpenRLHFRequest)
         labels, responses = await asyncio.to_thread(_openrlhf_items, req)
-        results = await _score_nonblank(labels, responses, request)
-        return await json_reply(rewards_payload(results, failure_score, reward.config.method))
-
-    async def _score_nonblank(instr: list[Any], resp: list[str], request: Request) -> list[FlipResult]:
-        # An empty policy output is a real 0, not a judge failure (same rule as the adapters).
-        todo = [i for i, r in enumerate(resp) if r.strip()]
-        out = [empty_result(reward.config.method) for _ in resp]
-        got = await run([instr[i] for i in todo], [resp[i] for i in todo], [None] * len(todo),
-                        request, todo)
-        for i, res in zip(todo, got):
-            out[i] = res
-        return out
+        results = await scorer.nonblank(labels, responses, request)
+        return await json_reply(rewards_payload(results, scorer.opts.failure_score,
+                                                reward.config.method))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -244,6 +284,12 @@ def create_app(
         # surrogate (a JSON "\ud800" escape, e.g. from a JS client); \u escapes always encode.
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
         return Response(body, status_code=422, media_type="application/json")
+
+
+def _add_status_routes(app: FastAPI) -> None:
+    reward: FlipReward = app.state.reward
+    batcher: MicroBatcher = app.state.batcher
+    metrics: Metrics = app.state.metrics
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -275,12 +321,3 @@ def create_app(
             gauges, lambda: {k: v for k, v in asdict(engine).items() if k != "in_flight"},
             closed=gate.closed if gate is not None else None,
         )
-
-    app.add_middleware(
-        LimitsMiddleware,
-        metrics=metrics,
-        api_key=opts.api_key,
-        max_body_bytes=opts.max_body_bytes,
-        routes=frozenset(getattr(r, "path", "") for r in app.routes),
-    )
-    return app
