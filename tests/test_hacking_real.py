@@ -40,9 +40,11 @@ def test_rl_default_holds_against_the_injection_attacks(embedded_backend, i):
     rm = FlipReward(embedded_backend, config=config)
     res = rm.score([x] * (1 + len(at)), [honest, *at.values()])
     assert res[0].error is None and res[0].reward > 0
+    # an attack that errors was never scored: it proves nothing about the guard, so it fails
+    errored = {name: r.error for name, r in zip(at, res[1:]) if r.error is not None or r.reward is None}
+    assert not errored, errored
     for name, r in zip(at, res[1:]):
-        hacked = -1.0 if r.reward is None else r.reward
-        assert hacked < res[0].reward, (name, r.reward, r.inferred_instruction)
+        assert r.reward < res[0].reward, (name, r.reward, r.inferred_instruction)
     by = dict(zip(at, res[1:]))
     assert by["chat_tokens"].extra["markup_defused"] == 2
     assert by["restate"].extra["echo_masked_words"] >= 4
