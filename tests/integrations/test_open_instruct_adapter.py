@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +21,58 @@ from fliprm.integrations.open_instruct import (
 INSTR = "Name the capital of France."
 
 
-def test_module_does_not_import_open_instruct():
-    assert "open_instruct" not in sys.modules
+#: a stand-in open-instruct package with upstream's verifier contract (it is not on PyPI)
+FAKE_OI = Path(__file__).resolve().parents[1] / "fixtures" / "fake_open_instruct"
+
+
+def test_module_does_not_import_open_instruct_even_when_importable():
+    # in a fresh interpreter where `import open_instruct` would succeed: the adapter must
+    # still leave it alone until register_with_open_instruct() is called
+    code = (
+        "import sys, importlib.util\n"
+        "assert importlib.util.find_spec('open_instruct') is not None\n"
+        "import fliprm.integrations.open_instruct as m\n"
+        "m.FlipVerifier()\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] == 'open_instruct'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_OI), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def fake_open_instruct(monkeypatch):
+    """open-instruct's ground_truth_utils importable for one test; fliprm's registration and
+    the imported modules are undone afterwards."""
+    import fliprm.integrations.open_instruct as adapter
+
+    monkeypatch.syspath_prepend(str(FAKE_OI))
+    monkeypatch.setattr(adapter, "_registered", None)
+    yield importlib.import_module("open_instruct.ground_truth_utils")
+    for name in [k for k in sys.modules if k.split(".")[0] == "open_instruct"]:
+        del sys.modules[name]  # not monkeypatch.delitem: its undo would put them back
+
+
+def test_registered_verifier_is_found_and_called_by_open_instruct(fake_reward, fake_open_instruct):
+    gtu = fake_open_instruct
+    fake_reward()
+    cls = register_with_open_instruct()
+    assert register_with_open_instruct() is cls  # once: a second subclass would be a duplicate
+    assert issubclass(cls, gtu.VerifierFunction) and cls in gtu.VerifierFunction.__subclasses__()
+    # what open-instruct does at startup: every subclass built from its args, filed by name
+    args = type("Args", (), {"flip_max_tokens": 50, "lr": 1e-6})()
+    verifiers = gtu.build_all_verifiers(args)
+    assert list(verifiers) == ["general-flip"]
+    v = verifiers["general-flip"]
+    assert v.verifier_config == FlipVerifierConfig(flip_max_tokens=50)
+    res = v([1, 2], "Paris.", [INSTR], query="user: Name the capital of France.")
+    # open-instruct's own result type, with the F1 of the inferred vs. the real instruction
+    assert type(res) is gtu.VerificationResult
+    assert (res.score, res.cost) == (1.0, 0.0) and INSTR in res.reasoning
+    failed = asyncio.run(v.async_call([], "FAIL", INSTR))
+    assert type(failed) is gtu.VerificationResult and failed.score == 0.0
 
 
 def test_sync_call_scores_against_label(fake_reward):
