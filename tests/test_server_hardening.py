@@ -2,14 +2,17 @@
 servers, and ``fliprm serve -b fake`` subprocesses where signals or file limits matter):
 
 - one bad item fails only itself, never the requests that share its micro-batch;
-- stalled sockets are closed (request deadline), idle ones too (idle timeout), and the
-  connection cap holds under a 256-descriptor limit while /health and normal clients are served;
+- stalled sockets are closed (request deadline), idle ones too (idle timeout), on time by a
+  fake clock; the connection cap holds under a 256-descriptor limit while /health and normal
+  clients are served;
 - a SIGTERM drain finishes in-flight work, answers 503 on kept-alive connections, exits 0;
 - a client that hangs up has its queued items dropped and its running ones cancelled;
 - the server's response cache is off by default and capped when on;
 - /metrics counts what an operator watches during RL.
 
-The fake backend only stands in for the model.
+The fake backend only stands in for the model. Nothing here waits for a window of wall-clock
+time: a gated judge holds requests in flight, the tests wait for states of the server
+(:func:`wait_until`), and the request deadlines run on a :class:`FakeClock`.
 """
 
 from __future__ import annotations
@@ -41,13 +44,126 @@ from helpers_fliprm import shown_response
 JSON = {"content-type": "application/json"}
 
 
-def echo_judge(delay_s: float = 0.0, max_concurrency: int = 8) -> FakeBackend:
+def echo_judge(max_concurrency: int = 8) -> FakeBackend:
     """Infers the response text itself: every reward can be traced back to its request."""
 
     def reply(req: Any) -> str:
         return json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": shown_response(req).strip()})
 
-    return FakeBackend(reply, delay_s=delay_s, max_concurrency=max_concurrency)
+    return FakeBackend(reply, max_concurrency=max_concurrency)
+
+
+class GatedJudge(FakeBackend):
+    """The echo judge, but every call waits at a gate until the test lets it through
+    (:meth:`release`): a request stays in flight exactly as long as the test needs, with no
+    sleeps. :attr:`arrived` lists each call's response text as it reaches the judge."""
+
+    def __init__(self, max_concurrency: int = 8) -> None:
+        super().__init__(echo_judge()._fn, max_concurrency=max_concurrency)
+        self.arrived: list[str] = []
+        self._permits = 0
+        self._open = False
+        self._lock = threading.Lock()
+
+    async def generate(self, request: Any) -> Any:
+        self.arrived.append(shown_response(request).strip())
+        while not self._take():
+            await asyncio.sleep(0.002)  # cancellable: a cancelled item leaves here
+        return await super().generate(request)
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._open or self._permits:
+                self._permits -= not self._open
+                return True
+            return False
+
+    def release(self, n: int = 1) -> None:
+        with self._lock:
+            self._permits += n
+
+    def open(self) -> None:
+        with self._lock:
+            self._open = True
+
+
+def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Wait for a state of the server (a barrier, not a timing window): ``limit`` only stops
+    a hung test."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            if cond():
+                return
+        except RuntimeError:  # a set the server thread changed while we read it
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+class FakeClock:
+    """The server loop's clock, moved only by :meth:`advance`: every deadline and timeout the
+    server arms (``loop.call_later``) fires exactly when the test says, however loaded the
+    machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def loop_factory(self) -> asyncio.AbstractEventLoop:
+        clock = self
+
+        class Loop(asyncio.SelectorEventLoop):
+            def time(self) -> float:
+                return clock.now
+
+        self.loop = Loop()
+        return self.loop
+
+    def sync(self) -> None:
+        """Return once the loop has run every timer due now and what those scheduled (a
+        close takes a turn to reach the socket)."""
+        assert self.loop is not None
+        for _ in range(3):
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(30)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.sync()
+
+
+class FakeClockServer(ServerThread):
+    """A :class:`ServerThread` whose event loop runs on a :class:`FakeClock`."""
+
+    def __init__(self, app: Any, clock: FakeClock, **serve_options: Any) -> None:
+        super().__init__(app, **serve_options)
+        self.clock = clock
+        self.server.config.get_loop_factory = lambda: clock.loop_factory  # type: ignore[method-assign]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        # uvicorn's main loop and its shutdown wait in 0.1 s sleeps: run the clock until done
+        self.server.should_exit = True
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self.clock.now += 0.1
+            if self.clock.loop is not None and not self.clock.loop.is_closed():
+                try:
+                    self.clock.loop.call_soon_threadsafe(lambda: None)
+                except RuntimeError:  # closed meanwhile
+                    pass
+            self._thread.join(0.01)
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True once the server has closed (or reset) the connection; never blocks."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def make_reward(backend: Any = None, **options: Any) -> FlipReward:
@@ -176,7 +292,11 @@ def stop_cli_server(proc: subprocess.Popen) -> tuple[int, str]:
 def test_lone_surrogate_in_a_context_role_fails_only_its_item_among_100_concurrent_requests():
     # Regression: the surrogate raised UnicodeEncodeError while hashing the cache key, the whole
     # merged batch failed, and up to 81 of 100 innocent requests got HTTP 500.
-    srv = ServerThread(create_app(make_reward(), max_wait_ms=20)).start()
+    # the first request holds the judge until the other 99 are queued: they are then scored
+    # in merged batches of up to 32 items, the two bad ones among the rest
+    judge = GatedJudge()
+    srv = ServerThread(create_app(make_reward(judge), max_wait_ms=0,
+                                  max_inflight_batches=1)).start()
     bad = {37: ("context", [{"role": "\ud800", "content": "hi"}]),
            38: ("messages", [{"role": "\udc00", "content": "x"},
                              {"role": "user", "content": "alpha38 beta38"},
@@ -195,16 +315,27 @@ def test_lone_surrogate_in_a_context_role_fails_only_its_item_among_100_concurre
         return await c.post(srv.url + "/v1/score", content=json.dumps({"items": [item]}),
                             headers=JSON)
 
+    def queued() -> float:
+        text = httpx.get(srv.url + "/metrics", timeout=5).text
+        return metric(text, "fliprm_queue_depth")
+
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as c:
-            return await asyncio.gather(*(one(c, i) for i in range(100)))
+            first = asyncio.ensure_future(one(c, 0))
+            await asyncio.to_thread(wait_until, lambda: judge.arrived == ["alpha0 beta0"],
+                                    "the first request is at the judge")
+            rest = [asyncio.ensure_future(one(c, i)) for i in range(1, 100)]
+            await asyncio.to_thread(wait_until, lambda: queued() == 99, "the rest are queued")
+            judge.open()
+            return await asyncio.gather(first, *rest)
 
     try:
         replies = asyncio.run(main())
         text = httpx.get(srv.url + "/metrics").text
     finally:
+        judge.open()
         srv.stop()
-    assert metric(text, "fliprm_batches_total") < 50, "the requests were not batched together"
+    assert metric(text, "fliprm_batches_total") == 1 + 4  # 1, then 99 items in batches of 32
     for i, r in enumerate(replies):
         assert r.status_code == 200, (i, r.status_code, r.text[:300])
         (res,) = r.json()["results"]
@@ -230,9 +361,14 @@ class PoisonReward(FlipReward):
 
 
 def test_a_scoring_call_that_raises_fails_only_its_item_not_the_micro_batch():
-    rm = PoisonReward(echo_judge(), parse_failure="error", template="flip-short", max_retries=0,
+    judge = GatedJudge()
+    rm = PoisonReward(judge, parse_failure="error", template="flip-short", max_retries=0,
                       method="f1", mask_echo=False)
-    srv = ServerThread(create_app(rm, max_wait_ms=50)).start()
+    # the first request holds the judge until the other 11 are queued: they share one batch
+    srv = ServerThread(create_app(rm, max_wait_ms=0, max_inflight_batches=1)).start()
+
+    def queued() -> float:
+        return metric(httpx.get(srv.url + "/metrics", timeout=5).text, "fliprm_queue_depth")
 
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=20)) as c:
@@ -242,15 +378,22 @@ def test_a_scoring_call_that_raises_fails_only_its_item_not_the_micro_batch():
                 items = [{"instruction": words, "response": words}]
                 if i == 5:  # the poisoned request: one bad item, one good one
                     items = [{"instruction": "POISON", "response": "x"}, *items]
-                calls.append(c.post(srv.url + "/v1/score", json={"items": items}))
+                calls.append(asyncio.ensure_future(
+                    c.post(srv.url + "/v1/score", json={"items": items})))
+                if i == 0:
+                    await asyncio.to_thread(wait_until, lambda: judge.arrived == ["gamma0 delta0"],
+                                            "the first request is at the judge")
+            await asyncio.to_thread(wait_until, lambda: queued() == 12, "the rest are queued")
+            judge.open()
             return await asyncio.gather(*calls)
 
     try:
         replies = asyncio.run(main())
         text = httpx.get(srv.url + "/metrics").text
     finally:
+        judge.open()
         srv.stop()
-    assert metric(text, "fliprm_batches_total") < 12, "the requests were not batched together"
+    assert metric(text, "fliprm_batches_total") == 2, "the requests were not batched together"
     assert [r.status_code for r in replies] == [200] * 12, [r.text[:200] for r in replies]
     poisoned = replies[5].json()["results"]
     assert poisoned[0]["reward"] is None
@@ -267,10 +410,15 @@ def test_a_scoring_call_that_raises_fails_only_its_item_not_the_micro_batch():
 
 def test_stalled_and_idle_connections_are_closed_on_time_and_a_slow_honest_client_is_served():
     header_timeout, idle_timeout = 0.6, 0.3
-    srv = ServerThread(create_app(make_reward()), header_timeout=header_timeout,
-                       idle_timeout=idle_timeout).start()
+    clock = FakeClock()  # the server's deadlines fire when the test moves this clock
+    srv = FakeClockServer(create_app(make_reward()), clock, header_timeout=header_timeout,
+                          idle_timeout=idle_timeout).start()
+    gate = srv.server.config.fliprm_gate
     addr = (srv.host, srv.port)
-    names = ["idle", "half_second", "silent", "headers", "body"]
+
+    def armed() -> int:
+        return sum(p._deadline is not None for p in list(gate.protocols))
+
     try:
         # kept alive: one whole request, answered; then idle, or the next request half sent.
         # Regression: a half-sent second request on a kept-alive connection had no deadline.
@@ -278,65 +426,77 @@ def test_stalled_and_idle_connections_are_closed_on_time_and_a_slow_honest_clien
         for s in (idle, half_second):
             raw_request(s, "GET", "/health")
             assert raw_response(s).status == 200
-        t0 = time.monotonic()
         silent = connect(addr)  # connects, sends nothing
         headers = connect(addr)  # stalls inside its headers
         body = connect(addr)  # whole headers, half the body
         half_second.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")
         headers.sendall(b"POST /v1/score HTTP/1.1\r\nHost: t\r\nX-Slow: ")
         body.sendall(b"POST /v1/score HTTP/1.1\r\nHost: t\r\ncontent-length: 100\r\n\r\n{\"it")
-        closed: dict[int, float] = {}
-        watcher = threading.Thread(target=lambda: closed.update(
-            watch_closes([idle, half_second, silent, headers, body], limit=3.0, t0=t0)))
-        watcher.start()
-        # an honest slow client: its request trickles in, but whole within the deadline
+        # all four request clocks started at this (frozen) instant, the idle one's at its reply
+        wait_until(lambda: armed() == 4, "the four unfinished requests have a deadline")
+        stalled = {"half_second": half_second, "silent": silent, "headers": headers, "body": body}
+
+        clock.advance(idle_timeout - 0.01)
+        assert not peer_closed(idle) and not any(map(peer_closed, stalled.values()))
+        clock.advance(0.02)  # past the idle timeout, before any request deadline
+        wait_until(lambda: peer_closed(idle), "the idle connection is closed")
+        assert not any(map(peer_closed, stalled.values()))
+        clock.advance(header_timeout - idle_timeout - 0.02)  # just before the deadline
+        assert not [n for n, sock in stalled.items() if peer_closed(sock)]
+        clock.advance(0.02)  # just after it
+        wait_until(lambda: all(map(peer_closed, stalled.values())), "the stalled ones are closed")
+        assert gate.closed["header_timeout"] == 4 and gate.closed["evicted"] == 0
+
+        # an honest slow client: its request trickles in over 0.5 s, whole within the deadline
         slow = connect(addr)
-        for part in (b"GET /health HT", b"TP/1.1\r\nHost: t\r\n", b"\r\n"):
+        wait_until(lambda: armed() == 1, "the slow client's deadline is armed")
+        for part in (b"GET /health HT", b"TP/1.1\r\nHost: t\r\n"):
             slow.sendall(part)
-            time.sleep(0.15)
+            clock.advance(0.25)
+        slow.sendall(b"\r\n")
+        slow.setblocking(True)
         assert raw_response(slow).status == 200
-        watcher.join()
     finally:
         srv.stop()
-    got = {names[i]: round(t, 2) for i, t in closed.items()}
-    assert set(got) == set(names), f"never closed: {set(names) - set(got)}"
-    for name in ("half_second", "silent", "headers", "body"):
-        assert header_timeout - 0.1 <= got[name] <= header_timeout + 0.8, got
-    # closed by the idle timeout (0.3 s after its response), not by a request deadline
-    assert got["idle"] <= idle_timeout + 0.5 and got["idle"] < got["half_second"], got
 
 
 def test_the_connection_cap_evicts_the_longest_waiting_then_refuses_with_503():
-    srv = ServerThread(create_app(make_reward(echo_judge(delay_s=1.0)), max_inflight_batches=8),
+    judge = GatedJudge()  # requests stay in flight until the test opens the gate
+    srv = ServerThread(create_app(make_reward(judge), max_inflight_batches=8),
                        max_connections=4, header_timeout=10).start()
+    gate = srv.server.config.fliprm_gate
     addr = (srv.host, srv.port)
+    busy: list[httpx.Response] = []
+    threads: list[threading.Thread] = []
     try:
-        stalled = [connect(addr) for _ in range(4)]
-        for s in stalled:
-            s.sendall(b"GET /health HTTP/1.1\r\n")
-            time.sleep(0.02)
+        stalled = []
+        for i in range(4):
+            stalled.append(connect(addr))
+            stalled[-1].sendall(b"GET /health HTTP/1.1\r\n")
+            # accepted in this order: the first is the longest waiting
+            wait_until(lambda n=i + 1: gate.open == n, f"stalled connection {i} is accepted")
         # the cap is full of stalled sockets: a newcomer is served, the oldest stalled one goes
         assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
-        first = watch_closes(stalled[:1], limit=1.0)
-        assert 0 in first, "the longest-waiting connection was not evicted"
+        wait_until(lambda: peer_closed(stalled[0]), "the longest-waiting connection is evicted")
+        assert not any(map(peer_closed, stalled[1:]))
 
         # four requests in flight fill the cap with connections nobody may evict
-        busy: list[httpx.Response] = []
-
         def post(i: int) -> None:
             w = f"busy{i} words{i}"
             busy.append(httpx.post(srv.url + "/v1/score", timeout=30,
                                    json={"items": [{"instruction": w, "response": w}]}))
 
-        threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-            time.sleep(0.1)  # each request is in before the next connects
+        for i in range(4):
+            threads.append(threading.Thread(target=post, args=(i,)))
+            threads[-1].start()
+            wait_until(lambda n=i + 1: len(judge.arrived) == n, f"request {i} is being scored")
         refused = httpx.get(srv.url + "/health", timeout=5)
+        judge.open()
         for t in threads:
             t.join(30)
         text = httpx.get(srv.url + "/metrics").text
     finally:
+        judge.open()
         srv.stop()
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert sorted(r.status_code for r in busy) == [200] * 4
@@ -346,28 +506,32 @@ def test_the_connection_cap_evicts_the_longest_waiting_then_refuses_with_503():
     assert metric(text, "fliprm_max_connections") == 4
 
 
-def test_300_stalled_sockets_under_a_256_descriptor_limit_while_100_clients_and_health_are_served():
+def test_300_stalled_sockets_under_a_256_descriptor_limit_while_100_clients_and_health_are_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Regression: the stalled sockets were never closed; accept() ran out of descriptors, and
-    # asyncio's EMFILE retry storm left /health timing out.
+    # asyncio's EMFILE retry storm left /health timing out. (When a deadline fires is tested
+    # on a fake clock above; here: that every stalled socket goes, and why.)
     header_timeout = 1.5
+    words = [f"normal{i} client{i}" for i in range(100)]
+    want = served_fake_rewards(monkeypatch, words, words)
     proc, url = start_cli_server(["--header-timeout", str(header_timeout)], nofile=256)
     port = int(url.rsplit(":", 1)[1])
     try:
-        t_open = time.monotonic()
         stalled = []
         for _ in range(300):
             s = connect(("127.0.0.1", port))
             s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ")
             stalled.append(s)
         closes: dict[int, float] = {}
+        # the limit only stops a hung test: a socket still open after it is a failure
         watcher = threading.Thread(
-            target=lambda: closes.update(watch_closes(stalled, limit=header_timeout + 3)))
+            target=lambda: closes.update(watch_closes(stalled, limit=header_timeout + 30)))
         watcher.start()
 
         async def client(c: httpx.AsyncClient, i: int) -> tuple[int, float | None]:
-            words = f"normal{i} client{i}"
-            r = await c.post(url + "/v1/score", json={"items": [{"instruction": words,
-                                                                 "response": words}]})
+            r = await c.post(url + "/v1/score", json={"items": [{"instruction": words[i],
+                                                                 "response": words[i]}]})
             return r.status_code, r.json()["results"][0]["reward"] if r.status_code == 200 else None
 
         async def main() -> tuple[list[tuple[int, float | None]], httpx.Response]:
@@ -379,16 +543,14 @@ def test_300_stalled_sockets_under_a_256_descriptor_limit_while_100_clients_and_
 
         normal, health = asyncio.run(main())
         watcher.join()
-        opened_s = time.monotonic() - t_open
         text = httpx.get(url + "/metrics", timeout=5).text
     finally:
         code, out = stop_cli_server(proc)
     assert health.status_code == 200
-    # fliprm serve -b fake scores with a scripted judge: any reward in [0, 1] is its own
-    assert all(status == 200 and reward is not None for status, reward in normal), normal[:5]
+    # each client got its own item's reward from the scripted judge
+    assert [status for status, _ in normal] == [200] * 100, normal[:5]
+    assert [reward for _, reward in normal] == pytest.approx(want)
     assert len(closes) == 300, f"{300 - len(closes)} stalled sockets still open"
-    # watch_closes started after all 300 were open; they were opened within opened_s
-    assert max(closes.values()) <= header_timeout + 1.0, (max(closes.values()), opened_s)
     closed = sum(metric(text, "fliprm_connections_closed_total", f'reason="{r}"')
                  for r in ("header_timeout", "evicted"))
     assert closed >= 300
@@ -401,7 +563,10 @@ def test_300_stalled_sockets_under_a_256_descriptor_limit_while_100_clients_and_
 
 
 def test_a_request_on_a_kept_alive_connection_during_the_drain_gets_503_not_a_closed_socket():
-    srv = ServerThread(create_app(make_reward(echo_judge(delay_s=0.8)))).start()
+    judge = GatedJudge()
+    # a long grace: the late request is answered 503 however slowly this test runs
+    srv = ServerThread(create_app(make_reward(judge)), drain_grace=60).start()
+    gate = srv.server.config.fliprm_gate
     kept = connect((srv.host, srv.port))
     raw_request(kept, "GET", "/health")
     assert raw_response(kept).status == 200  # kept alive, now idle
@@ -413,22 +578,44 @@ def test_a_request_on_a_kept_alive_connection_during_the_drain_gets_503_not_a_cl
 
     t = threading.Thread(target=in_flight)
     t.start()
-    time.sleep(0.2)  # the request is being scored
-    srv.server.should_exit = True  # what SIGTERM does
-    time.sleep(0.4)  # the drain has begun
     try:
+        wait_until(lambda: judge.arrived == ["a b"], "the request is being scored")
+        srv.server.should_exit = True  # what SIGTERM does
+        wait_until(lambda: any(p._draining for p in list(gate.protocols)), "the drain has begun")
         raw_request(kept, "POST", "/v1/score", {"items": [{"instruction": "a", "response": "a"}]})
         late = raw_response(kept)
+        assert "r" not in got  # the in-flight request was still waiting at the judge
     finally:
+        judge.open()
         t.join(30)
         srv.stop()
     assert late.status == 503 and late.getheader("retry-after") == "5"
     assert b"shutting down" in late.body  # type: ignore[attr-defined]
     assert got["r"].status_code == 200 and got["r"].json()["results"][0]["reward"] == 1.0
+    assert judge.arrived == ["a b"]  # the late request never reached the judge
 
 
-def test_sigterm_drain_of_fliprm_serve_finishes_in_flight_work_answers_503_and_exits_0():
-    proc, url = start_cli_server(["--drain-grace", "1.5"], env={"FLIPRM_FAKE_DELAY_S": "1.0"})
+def served_fake_rewards(monkeypatch: pytest.MonkeyPatch, instructions: list[str],
+                        responses: list[str]) -> list[float]:
+    """The rewards ``fliprm serve -b fake`` gives these items (its scripted judge is
+    deterministic), computed in-process with the reward the CLI builds."""
+    res, rm = _served_reward(monkeypatch, ["-b", "fake"])
+    assert res.exit_code == 0, res.output
+    try:
+        results = rm.score(instructions, responses)
+    finally:
+        rm.close()
+    assert all(r.error is None for r in results), results
+    return [r.reward for r in results]
+
+
+def test_sigterm_drain_of_fliprm_serve_finishes_in_flight_work_answers_503_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    item = {"instruction": "Name a colour.", "response": "Blue is a colour."}
+    (want,) = served_fake_rewards(monkeypatch, [item["instruction"]], [item["response"]])
+    # the fake judge holds the in-flight request 2 s; the drain grace outlasts any slow test
+    proc, url = start_cli_server(["--drain-grace", "60"], env={"FLIPRM_FAKE_DELAY_S": "2.0"})
     port = int(url.rsplit(":", 1)[1])
     try:
         kept = connect(("127.0.0.1", port))
@@ -437,14 +624,22 @@ def test_sigterm_drain_of_fliprm_serve_finishes_in_flight_work_answers_503_and_e
         got: dict[str, httpx.Response] = {}
 
         def in_flight() -> None:
-            got["r"] = httpx.post(url + "/v1/score", timeout=30, json={
-                "items": [{"instruction": "Name a colour.", "response": "Blue is a colour."}]})
+            got["r"] = httpx.post(url + "/v1/score", timeout=30, json={"items": [item]})
 
         t = threading.Thread(target=in_flight)
         t.start()
-        time.sleep(0.4)  # scored for a second by the delayed fake judge
+        wait_until(lambda: metric(httpx.get(url + "/metrics", timeout=5).text,
+                                  "fliprm_inflight_items") == 1, "the request is being scored")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+
+        def refusing() -> bool:  # uvicorn closes its listener, then starts the drain
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_until(refusing, "the drain has begun")
         raw_request(kept, "POST", "/v1/score", {"items": [{"instruction": "a", "response": "a"}]})
         late = raw_response(kept)
         t.join(30)
@@ -452,7 +647,7 @@ def test_sigterm_drain_of_fliprm_serve_finishes_in_flight_work_answers_503_and_e
         code, out = stop_cli_server(proc)
     assert late.status == 503 and late.getheader("retry-after") == "5"
     r = got["r"]
-    assert r.status_code == 200 and 0.0 <= r.json()["results"][0]["reward"] <= 1.0
+    assert r.status_code == 200 and r.json()["results"][0]["reward"] == pytest.approx(want)
     assert code == 0, out[-2000:]
     assert "Traceback" not in out, out[-2000:]
 
@@ -461,41 +656,61 @@ def test_sigterm_drain_of_fliprm_serve_finishes_in_flight_work_answers_503_and_e
 
 
 def test_a_client_that_disconnects_has_its_queued_items_dropped_and_running_ones_cancelled():
-    judge = echo_judge(delay_s=0.3, max_concurrency=1)  # one call at a time, 0.3 s each
+    judge = GatedJudge(max_concurrency=1)  # one call at a time, each let through by the test
     srv = ServerThread(create_app(make_reward(judge), max_inflight_batches=1,
                                   max_wait_ms=0)).start()
     addr = (srv.host, srv.port)
 
     def seen(prefix: str) -> list[str]:
-        return [w for w in (shown_response(c).strip() for c in judge.calls) if w.startswith(prefix)]
+        return [w for w in judge.arrived if w.startswith(prefix)]
 
     def items(prefix: str, n: int) -> dict[str, Any]:
         return {"items": [{"instruction": f"{prefix}{i}", "response": f"{prefix}{i}"}
                           for i in range(n)]}
 
+    def metrics() -> str:
+        return httpx.get(srv.url + "/metrics", timeout=5).text
+
     try:
         # queued: B waits behind A's batch, then hangs up before its batch starts
         a, b = connect(addr), connect(addr)
         raw_request(a, "POST", "/v1/score", items("aa", 1))
-        time.sleep(0.05)
+        wait_until(lambda: judge.arrived == ["aa0"], "A's batch is at the judge")
         raw_request(b, "POST", "/v1/score", items("bb", 3))
-        time.sleep(0.1)
+        wait_until(lambda: metric(metrics(), "fliprm_queue_depth") == 3, "B's items are queued")
         b.close()
+        wait_until(lambda: metric(metrics(), "fliprm_rejected_total", 'reason="client_gone"')
+                   == 1, "the server has seen B hang up")
+        judge.release()
         assert raw_response(a).status == 200
-        time.sleep(0.5)
+        # a request after B's: had B's items stayed queued, they would reach the judge first
+        d = connect(addr)
+        raw_request(d, "POST", "/v1/score", items("dd", 1))
+        wait_until(lambda: seen("dd") == ["dd0"], "D's batch is at the judge")
+        judge.release()
+        assert raw_response(d).status == 200
         assert seen("bb") == [], "a disconnected client's queued items were scored"
+        assert metric(metrics(), "fliprm_cancelled_items_total") == 3  # dropped from the queue
 
-        # running: C's six items are scored one by one; C hangs up after the second starts
+        # running: C's six items are scored one by one; C hangs up while the second is scored
         c = connect(addr)
         raw_request(c, "POST", "/v1/score", items("cc", 6))
-        time.sleep(0.45)
+        wait_until(lambda: seen("cc") == ["cc0"], "C's first item is at the judge")
+        judge.release()
+        wait_until(lambda: seen("cc") == ["cc0", "cc1"], "C's second item is at the judge")
         c.close()
-        time.sleep(1.2)
-        scored_c = seen("cc")
-        text = httpx.get(srv.url + "/metrics").text
+        wait_until(lambda: metric(metrics(), "fliprm_cancelled_items_total") == 3 + 6,
+                   "C's items are cancelled")
+        judge.open()  # nothing of C's may get through now
+        e = connect(addr)  # and a later request is still served, after nothing of C's
+        raw_request(e, "POST", "/v1/score", items("ee", 1))
+        assert raw_response(e).status == 200
+        text = metrics()
     finally:
+        judge.open()
         srv.stop()
-    assert 1 <= len(scored_c) <= 3, f"{len(scored_c)} of C's 6 items reached the judge"
+    assert seen("cc") == ["cc0", "cc1"], "C's items reached the judge after it hung up"
+    assert judge.arrived == ["aa0", "dd0", "cc0", "cc1", "ee0"]
     assert metric(text, "fliprm_rejected_total", 'reason="client_gone"') == 2
     assert metric(text, "fliprm_cancelled_items_total") == 3 + 6
 
