@@ -213,3 +213,28 @@ class SlowServer:
     def close(self) -> None:
         self._stop.set()
         self._sock.close()
+
+
+def expected_reward(res, instruction: str) -> float:
+    """The reward a result must carry, recomputed from its own parts by the method's formula
+    (F1 of the inferred vs. the real instruction; exp(mean log-prob); sigmoid(PMI), with
+    PMI = log-prob - baseline). A real model's values are unknown in advance, but the reward
+    must follow from them exactly.
+
+    >>> from fliprm import FlipResult
+    >>> expected_reward(FlipResult(reward=0.5, method="pmi", logprob=-1.0,
+    ...                            extra={"pmi": 0.0, "baseline_logprob": -1.0}), "x")
+    0.5
+    """
+    import math
+
+    from fliprm import f1_score
+
+    if res.method == "f1":
+        return f1_score(res.inferred_instruction, instruction).f1
+    if res.method == "likelihood":
+        return math.exp(res.logprob)
+    assert res.method == "pmi", res.method
+    assert math.isclose(res.extra["pmi"], res.logprob - res.extra["baseline_logprob"],
+                        rel_tol=1e-9, abs_tol=1e-12), res.extra
+    return 1.0 / (1.0 + math.exp(-res.extra["pmi"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fliprm import FlipReward, f1_score
+from helpers_fliprm import expected_reward
 
 pytestmark = pytest.mark.model
 
@@ -51,7 +52,8 @@ def test_contextual_flip_on_a_real_conversation(embedded_backend):
         rm = FlipReward(embedded_backend, max_tokens=256, template=template, method="f1")
         (r,) = rm.score([conv], [answer])
         assert r.error is None and r.template == contextual and r.parse_ok, r
-        assert 0.0 <= r.reward <= 1.0
+        # the instruction of a conversation is its last user turn
+        assert r.reward == pytest.approx(expected_reward(r, conv[-1]["content"]))
 
 
 def test_likelihood_prefers_the_matching_response(embedded_backend):
@@ -76,6 +78,8 @@ def test_pmi_prefers_the_matching_instruction(embedded_backend):
     own = rm.score(instr, resp)
     other = rm.score(instr[1:] + instr[:1], resp)
     assert all(r.error is None and 0 < r.reward < 1 for r in own + other)
+    for r, x in zip(own + other, instr + instr[1:] + instr[:1]):
+        assert r.reward == pytest.approx(expected_reward(r, x))
     assert all(r.extra["pmi"] > 0.5 for r in own)
     assert sum(o.reward > u.reward for o, u in zip(own, other)) == len(PAIRS)
 

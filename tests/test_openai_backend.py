@@ -10,6 +10,7 @@ import pytest
 from fliprm import FlipReward
 from fliprm.backends.openai import OpenAIBackend
 from fliprm.errors import ConfigError
+from helpers_fliprm import expected_reward
 
 KEY = "test-key-123"
 
@@ -40,11 +41,13 @@ pytestmark = pytest.mark.model
 def test_flip_over_http_matches_the_json_contract(llama_server):
     backend = OpenAIBackend(base_url=llama_server, model="local", api_key=KEY, max_concurrency=2)
     rm = FlipReward(backend, max_tokens=200)
-    res = rm.score(["Write a haiku about autumn leaves.", "Name the capital of France."],
+    instructions = ["Write a haiku about autumn leaves.", "Name the capital of France."]
+    res = rm.score(instructions,
                    ["Crimson leaves let go,\ndrifting on the cooling wind,\nautumn's quiet gold.",
                     "The capital of France is Paris."])
-    for r in res:
-        assert r.error is None and r.parse_ok and 0.0 <= r.reward <= 1.0
+    for r, x in zip(res, instructions):
+        assert r.error is None and r.parse_ok and r.method == "pmi", r  # the library default
+        assert r.reward == pytest.approx(expected_reward(r, x))
         assert r.prompt_tokens > 0 and r.completion_tokens > 0
     rm.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fliprm import FlipReward
+from fliprm import FlipReward, f1_score
 from fliprm.backends.fake import FakeBackend
 from fliprm.config import RewardConfig
 from fliprm.server import ServerThread, create_app
@@ -329,7 +330,8 @@ def test_real_model_scores_through_the_server(embedded_backend):
         )
     res = r.json()["results"][0]
     assert res["error"] is None and res["parse_ok"] is True
-    assert 0.0 <= res["reward"] <= 1.0 and res["inferred_instruction"]
+    assert res["inferred_instruction"]
+    assert res["reward"] == pytest.approx(f1_score(res["inferred_instruction"], INSTR).f1)
     assert res["completion_tokens"] > 0
 
 
@@ -376,7 +378,10 @@ def test_openrlhf_http_against_real_fliprm_serve_cli(embedded_backend, tmp_path)
             "labels": [INSTR],
         }
         out = httpx.post(url + "/get_reward", json=body, timeout=300).json()
-        assert len(out["rewards"]) == 1 and 0.0 <= out["rewards"][0] <= 1.0
+        # the served RL default is pmi: reward = sigmoid(PMI), the PMI logged beside it
+        assert out["extra_info"]["flip_method"] == ["pmi"]
+        (pmi,) = out["extra_logs"]["flip_pmi"]
+        assert out["rewards"] == [pytest.approx(1.0 / (1.0 + math.exp(-pmi)))]
         assert out["scores"] == out["rewards"] and out["extra_logs"]["flip_failed"] == [0.0]
         empty = httpx.post(url + "/get_reward", json={"query": [], "prompts": [], "labels": []})
         assert empty.json()["rewards"] == []

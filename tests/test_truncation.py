@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
 from fliprm.reward import _MARK, truncate_middle
+from helpers_fliprm import expected_reward
 
 REPLY = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write an essay."})
 
@@ -105,5 +106,5 @@ def test_response_longer_than_the_context_is_cut_to_fit(embedded_backend) -> Non
         rm.close()
     assert r.error is None, r.error
     assert r.truncated is True
-    assert r.reward is not None and 0.0 <= r.reward <= 1.0
+    assert r.reward == pytest.approx(expected_reward(r, "Write a long recipe for tomato sauce."))
     assert 0 < r.prompt_tokens < 1024
