@@ -21,6 +21,7 @@ from fliprm.judges import (
     get_judge,
     top_indices,
 )
+from fliprm.judges._base import item_rng
 from fliprm.judges.listwise import parse_index
 from fliprm.judges.pairwise import parse_better
 from fliprm.judges.pointwise import parse_score
@@ -61,7 +62,8 @@ async def test_pointwise_unparseable_ranks_last_and_is_counted():
     j = await PointwiseJudge(fb).arank(INSTR, ["a", "b", "c", "d"])
     assert j.scores == [4.0, None, None, 4.0]
     assert j.parse_failures == 2
-    assert j.top == [0, 3] and j.tie and j.pick in (0, 3)
+    # the tie is broken by a choice seeded by (seed, instruction): the same one every run
+    assert j.top == [0, 3] and j.tie and j.pick == item_rng(0, INSTR).choice([0, 3])
 
 
 async def test_pointwise_all_unparseable_is_full_tie():
@@ -200,7 +202,9 @@ async def test_judges_share_one_engine(fake_flip):
 
 async def test_longest():
     j = await LongestJudge().arank(INSTR, ["ab", "abcd", "abcd", "a"])
-    assert j.top == [1, 2] and j.calls == 0 and j.pick in (1, 2)
+    assert j.top == [1, 2] and j.calls == 0 and j.pick == item_rng(0, INSTR).choice([1, 2])
+    other = await LongestJudge(seed=1).arank(INSTR, ["ab", "abcd", "abcd", "a"])
+    assert other.pick == item_rng(1, INSTR).choice([1, 2])
 
 
 def test_registry_and_top_indices():
@@ -212,15 +216,25 @@ def test_registry_and_top_indices():
 
 # ---- real model: one tiny item per method -----------------------------------------------------
 
-TINY = ("Name the capital of France in one sentence.",
-        ["The capital of France is Paris.", "Bananas are rich in potassium."])
+#: per judge, a pair where one answer is the answer and the other is off topic. The judge
+#: model is small: pointwise scored 8 and 8 on several such pairs, pairwise preferred the
+#: off-topic answer on 3 of 6 (position bias), and F1 cannot recover "Translate ..." from
+#: "Merci." (measured); each judge gets a pair it ranks right, so a bug that maps a verdict
+#: back to the wrong candidate (a shuffle, a swapped position) fails here
+BOILING = ("What is the boiling point of water at sea level?",
+           ["At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit).",
+            "Dogs are loyal pets that need daily walks."])
+MERCI = ("Translate 'thank you' into French.",
+         ["Merci.", "Dogs are loyal pets that need daily walks."])
+UNAMBIGUOUS = {"flip": BOILING, "pointwise": MERCI, "pairwise": MERCI, "listwise": BOILING}
 
 
 @pytest.mark.model
 @pytest.mark.parametrize("name", ["flip", "pointwise", "pairwise", "listwise"])
 async def test_real_model_judges(embedded_backend, name):
     judge = get_judge(name, backend=embedded_backend, config=RewardConfig(max_tokens=128))
-    j = await judge.arank(*TINY)
+    j = await judge.arank(*UNAMBIGUOUS[name])
     assert j.calls >= 1 and j.completion_tokens > 0 and not j.errors
     assert j.parse_failures == 0  # JSON-constrained decoding
-    assert len(j.scores) == 2 and j.pick in (0, 1)
+    # the right answer (index 0) first, alone: not a tie broken in its favour
+    assert len(j.scores) == 2 and j.top == [0] and j.pick == 0 and not j.tie, j
