@@ -238,3 +238,10 @@ def expected_reward(res, instruction: str) -> float:
     assert math.isclose(res.extra["pmi"], res.logprob - res.extra["baseline_logprob"],
                         rel_tol=1e-9, abs_tol=1e-12), res.extra
     return 1.0 / (1.0 + math.exp(-res.extra["pmi"]))
+
+
+def flip_json(instr: str, reasoning: str = "because") -> str:
+    """A FLIP judge's JSON answer inferring ``instr``."""
+    import json
+
+    return json.dumps({"REASONING": reasoning, "INFERRED INSTRUCTION": instr})

@@ -18,12 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fliprm import FlipReward
-from fliprm.backends.fake import FakeBackend
 from fliprm.backends.openai import OpenAIBackend
 from fliprm.batch import score_file
 from fliprm.config import RuntimeOptions
-from fliprm.engine import Engine
-from fliprm.errors import ConfigError, RateLimited
+from fliprm.errors import ConfigError
 from fliprm.integrations._common import ServerScorer
 from helpers_fliprm import OpenAIStandIn, SlowServer, chat_reply
 
@@ -85,24 +83,6 @@ def test_the_default_total_timeout_is_finite_and_bounds_the_retries():
     assert took <= 1.2 * 1.1, took
 
 
-def test_a_retry_after_beyond_the_deadline_gives_up_at_once_with_the_servers_error():
-    fb = FakeBackend([RateLimited("429 rate limited", retry_after=3600), "late"])
-    eng = Engine(fb, max_retries=3, total_timeout=2.0)
-    t0 = time.monotonic()
-    with pytest.raises(RateLimited, match="429"):
-        asyncio.run(eng.generate(_request()))
-    assert time.monotonic() - t0 < 0.5 and len(fb.calls) == 1
-
-
-def test_a_large_retry_after_is_capped(monkeypatch):
-    import fliprm.engine
-
-    monkeypatch.setattr(fliprm.engine, "MAX_RETRY_AFTER_S", 0.2)
-    fb = FakeBackend([RateLimited("429", retry_after=3600), "ok"])
-    (comp, took) = _timed(Engine(fb, max_retries=1).generate(_request()))
-    assert comp.text == "ok" and took < 1.0
-
-
 @pytest.mark.parametrize("mode", ["trickle", "hang", "busy"])
 def test_the_adapters_server_client_ends_within_its_timeout(mode):
     srv = SlowServer(mode)
@@ -146,12 +126,6 @@ def test_the_embedded_backends_own_http_calls_have_a_total_deadline(tmp_path, mo
     finally:
         srv.close()
     assert took <= 1.5 * 1.1 and took_count <= 1.5 * 1.1, (took, took_count)
-
-
-def _request():
-    from fliprm._types import GenerateRequest
-
-    return GenerateRequest(messages=({"role": "user", "content": "x"},), temperature=0.0)
 
 
 # ---- identity of an HTTP judge -------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Failed judge calls are error records (counted, printed, exit code 1, redone by
 --retry-errors), accuracies are over the scored items only, and the engine flags (--cache,
---max-retries, --total-timeout) reach every judge through one Engine factory.
+--max-retries, --total-timeout) reach every judge (the one Engine factory: test_engine.py).
 """
 
 from __future__ import annotations
@@ -16,17 +16,12 @@ import typer
 from typer.testing import CliRunner
 
 from fliprm.backends.fake import FakeBackend, scripted_reply
-from fliprm.cache import ResponseCache
 from fliprm.cli import _eval_common as eval_common_cli
 from fliprm.cli import eval as eval_cli
 from fliprm.cli import rerank as rerank_cli
-from fliprm.config import RewardConfig, RuntimeOptions
 from fliprm.engine import Engine
 from fliprm.errors import BackendUnavailable
-from fliprm.eval._common import judge_factory
-from fliprm.judges import FlipJudge, get_judge
 from fliprm.records import read_records
-from fliprm.reward import FlipReward
 
 FIX = Path(__file__).parent / "fixtures"
 RB2 = FIX / "rb2_tiny.jsonl"  # default subsets: 2 Focus + 1 Math items, 4 answers each
@@ -258,44 +253,6 @@ def test_cache_takes_effect(tmp_path, backend, command):
                 "--cache", str(cache)])
     assert res.exit_code == 0, res.output
     assert backend.calls == 24
-
-
-# ---- one Engine factory ------------------------------------------------------------------------
-
-
-def test_engine_from_runtime(tmp_path):
-    fb = FakeBackend([])
-    rt = RuntimeOptions(max_retries=1, concurrency=2, total_timeout=5.0,
-                        cache=str(tmp_path / "a.sqlite"))
-    e = Engine.from_runtime(fb, rt)
-    assert (e.backend, e.max_retries, e.max_concurrency, e.total_timeout) == (fb, 1, 2, 5.0)
-    assert isinstance(e.cache, ResponseCache) and e.cache.path == str(tmp_path / "a.sqlite")
-    e2 = Engine.from_runtime(fb, RuntimeOptions(), cache=tmp_path / "b.sqlite")
-    assert e2.max_retries == 3 and e2.max_concurrency == fb.max_concurrency
-    # no total_timeout given: a finite deadline derived from timeout and retries (issue 21),
-    # except on the in-process model, whose thread a deadline could not stop
-    assert e2.total_timeout == RuntimeOptions().deadline_s and e2.cache.path == str(tmp_path / "b.sqlite")
-    assert Engine.from_runtime(fb, RuntimeOptions()).cache is None
-
-
-def test_every_caller_builds_its_engine_from_runtime(tmp_path, monkeypatch):
-    built = []
-    real = Engine.from_runtime.__func__
-
-    def spy(cls, backend, runtime, *, cache=None):
-        built.append(runtime.max_retries)
-        return real(cls, backend, runtime, cache=cache)
-
-    monkeypatch.setattr(Engine, "from_runtime", classmethod(spy))
-    fb = FakeBackend([])
-    rt = RuntimeOptions(max_retries=7, total_timeout=9.0)
-    assert FlipReward(fb, runtime=rt).engine.max_retries == 7
-    assert get_judge("pointwise", backend=fb, runtime=rt).engine.total_timeout == 9.0
-    assert FlipJudge(fb, runtime=rt).reward.engine.max_retries == 7
-    make = judge_factory(fb, RewardConfig(), runtime=rt, cache=tmp_path / "c.sqlite")
-    assert make("pairwise", 0).engine is make("flip", 0).reward.engine
-    assert make("listwise", 0).engine.cache is not None
-    assert built == [7, 7, 7, 7]
 
 
 # ---- the report layout shows the failures (merge of the report/provenance work) ------------

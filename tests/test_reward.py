@@ -1,21 +1,16 @@
-"""FlipReward bookkeeping on the FakeBackend: parsing policies, bad input, routing of templates,
-retries, caching and de-duplication. The real model is exercised in test_embedded_e2e.py."""
+"""FlipReward bookkeeping on the FakeBackend: parsing policies, bad input, routing of templates.
+Retries, caching and de-duplication (the engine) are in test_engine.py; the real model is
+exercised in test_embedded_e2e.py."""
 
 import asyncio
-import json
 
 import pytest
 
 from fliprm import ConfigError, FlipReward, ResponseCache
 from fliprm.backends.fake import FakeBackend
 from fliprm.config import RewardConfig
-from fliprm.errors import BackendUnavailable, BadResponse, RateLimited
 from fliprm.templates import Template
-from helpers_fliprm import shown_response
-
-
-def flip_json(instr, reasoning="because"):
-    return json.dumps({"REASONING": reasoning, "INFERRED INSTRUCTION": instr})
+from helpers_fliprm import flip_json, shown_response
 
 
 def test_reward_is_f1_of_inferred_against_true_instruction(fake_flip):
@@ -132,52 +127,6 @@ def test_system_prompt_mode_infers_the_system_prompt(fake_flip):
     conv = [{"role": "system", "content": "You are a pirate"}, {"role": "user", "content": "Hi"}]
     (r,) = FlipReward(fb, infer="system", method="f1").score([conv], ["Arr!"])
     assert r.reward == pytest.approx(1.0) and "user: Hi" in fb.calls[0].messages[1]["content"]
-
-
-def test_transient_errors_are_retried_and_permanent_ones_are_not():
-    replies = [BackendUnavailable("down"), RateLimited("slow", retry_after=0.01), flip_json("Say hi")]
-    fb = FakeBackend(replies)
-    rm = FlipReward(fb, method="f1")
-    rm.engine.backoff_s = 0.001
-    (r,) = rm.score(["Say hi"], ["Hi"])
-    assert r.reward == 1.0 and len(fb.calls) == 3 and rm.engine.stats.retries == 2
-
-    fb = FakeBackend([BadResponse("400 bad request")])
-    (r,) = FlipReward(fb, method="f1").score(["Say hi"], ["Hi"])
-    assert r.reward is None and "BadResponse" in r.error and len(fb.calls) == 1
-
-
-def test_retries_give_up_with_an_error_result():
-    fb = FakeBackend(lambda req: BackendUnavailable("connection refused"))
-    rm = FlipReward(fb, max_retries=2, method="f1")
-    rm.engine.backoff_s = 0.001
-    (r,) = rm.score(["Say hi"], ["Hi"])
-    assert r.reward is None and "connection refused" in r.error and len(fb.calls) == 3
-
-
-def test_total_timeout_bounds_a_call():
-    fb = FakeBackend(lambda req: flip_json("x"), delay_s=1.0)
-    (r,) = FlipReward(fb, total_timeout=0.05, method="f1").score(["x"], ["y"])
-    assert r.reward is None and "BackendTimeout" in r.error
-
-
-def test_cache_serves_repeats_and_never_stores_failures(tmp_path):
-    cache = ResponseCache(tmp_path / "c.sqlite")
-    fb = FakeBackend([flip_json("Say hi"), "garbage", flip_json("Say bye")])
-    rm = FlipReward(fb, cache=cache, method="f1")
-    first = rm.score(["Say hi"], ["Hi"])[0]
-    again = rm.score(["Say hello"], ["Hi"])[0]  # same response, other instruction: no call
-    assert not first.cached and again.cached and len(fb.calls) == 1
-    bad = rm.score(["x"], ["Bye"])[0]
-    assert not bad.parse_ok and len(cache) == 1  # the failure was not stored...
-    good = rm.score(["Say bye"], ["Bye"])[0]
-    assert good.reward == 1.0 and len(fb.calls) == 3  # ...so it is asked again
-
-
-def test_identical_requests_in_flight_share_one_call():
-    fb = FakeBackend(lambda req: flip_json("Say hi"), delay_s=0.05)
-    res = FlipReward(fb, method="f1").score(["Say hi"] * 4 + ["Say bye"], ["Hi"] * 4 + ["Bye"])
-    assert len(fb.calls) == 2 and all(r.reward is not None for r in res)
 
 
 def test_results_keep_input_order_under_concurrency():
