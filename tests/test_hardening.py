@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fliprm import FlipReward, ResponseCache, RewardConfig
+from fliprm import FlipReward, ResponseCache
 from fliprm.backends.fake import FakeBackend
 from fliprm.batch import score_file
 from fliprm.errors import ConfigError
@@ -292,16 +292,6 @@ def test_a_garbage_model_file_is_a_clear_error_not_a_crash(tmp_path):
     garbage.write_bytes(os.urandom(4096))
     (r,) = FlipReward(f"gguf:{garbage}").score(["x"], ["y"])
     assert r.reward is None and "could not load" in r.error
-
-
-def test_the_config_fingerprint_sees_the_model_files_hash(tmp_path):
-    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    a.write_bytes(b"GGUF a")
-    b.write_bytes(b"GGUF b")
-    ra = FlipReward(f"gguf:{a}")
-    rb = FlipReward(f"gguf:{b}")
-    assert ra.fingerprint() != rb.fingerprint()
-    assert RewardConfig(backend=f"gguf:{a}").fingerprint() != ra.fingerprint()  # the hash is in
 
 
 def test_a_lone_surrogate_in_any_message_field_is_that_items_error():

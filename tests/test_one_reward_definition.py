@@ -16,8 +16,6 @@ from typer.testing import CliRunner
 from fliprm import Completion, FlipReward, RewardConfig
 from fliprm.backends.fake import FakeBackend
 from fliprm.cli.main import _register, app
-from fliprm.config import PRESETS, RuntimeOptions
-from fliprm.errors import ConfigError
 from helpers_fliprm import OpenAIStandIn, chat_reply
 
 FIX = Path(__file__).parent / "fixtures"
@@ -247,44 +245,6 @@ def test_flip_reward_fake_spec_builds_the_scripted_backend():
     rm = FlipReward("fake")
     (r,) = rm.score(["Say hi."], ["Say hi."])
     assert r.error is None and r.parse_ok and rm.backend.name == "fake"
-
-
-# ---- the configuration object itself -------------------------------------------------------------
-
-
-def test_config_validates_once_with_field_names():
-    with pytest.raises(ConfigError, match="max_response_chars: must be >= 1"):
-        RewardConfig.preset(max_response_chars=0)
-    with pytest.raises(ConfigError, match="unknown FlipReward option 'max_tokes'"):
-        FlipReward("fake", max_tokes=3)
-
-
-def test_fingerprint_covers_every_reward_field_and_no_runtime_field():
-    base = RewardConfig(backend="openai:m")
-    changes = {"model": "x", "method": "likelihood", "template": "flip", "max_tokens": 7,
-               "temperature": 0.5, "seed": 3, "top_p": 0.9, "constrained": False,
-               "max_response_chars": 100, "parse_failure": "error", "mask_echo": False,
-               "infer": "system", "extra_body": {"a": 1}, "schema_mode": "off",
-               "likelihood_mode": "forced", "n_ctx": 1024, "contextual_template": "flip-contextual",
-               "explain": True}
-    untested = set(RewardConfig.model_fields) - set(changes) - {"backend", "samples", "exact",
-                                                                  "similarity"}
-    assert not untested, f"add a fingerprint case for {untested}"
-    fps = {base.fingerprint()}
-    for k, v in changes.items():
-        fps.add(base.updated(**{k: v}).fingerprint())
-    fps.add(RewardConfig(backend="embedded", exact=True).fingerprint())
-    fps.add(RewardConfig(method="f1", temperature=0.7, samples=3).fingerprint())
-    assert len(fps) == len(changes) + 3
-    # runtime options never change a fingerprint: they live in another object
-    assert not set(RuntimeOptions.model_fields) & set(base.identity())
-
-
-def test_presets_are_defined_once_and_valid():
-    for name in PRESETS:
-        RewardConfig.preset(name)
-    assert RewardConfig.preset("rl").parse_failure == "error"
-    assert RewardConfig.preset("paper").template == "flip"
 
 
 # ---- one default reward for every entry point (issue 20) -----------------------------------------
