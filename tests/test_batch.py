@@ -11,7 +11,7 @@ from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
 from fliprm.batch import Fields, score_file
 from fliprm.errors import ConfigError
-from fliprm.records import OutputError, ResultWriter
+from fliprm.records import OutputError
 from helpers_fliprm import shown_response
 
 
@@ -122,24 +122,6 @@ def test_retry_errors_keeps_one_record_per_input_line(tmp_path):
     recs = read_out(out)
     assert sorted(r["line"] for r in recs) == list(range(1, 8))
     assert s.errors == 2 and s.errors_before == 0 and s.skipped == 5
-
-
-def test_half_written_last_line_from_a_killed_run_is_redone(tmp_path):
-    out = tmp_path / "out.jsonl"
-    out.write_text('{"line": 1, "reward": 1.0}\n{"line": 2, "rew')
-    w = ResultWriter(out)
-    assert w.done == {"1"}
-    w.close()
-    assert out.read_text() == '{"line": 1, "reward": 1.0}\n'
-
-
-def test_a_foreign_last_line_is_never_cut(tmp_path):
-    # Regression: -o pointing at a text file without a trailing newline deleted its line.
-    out = tmp_path / "notes.txt"
-    out.write_text("my notes, no newline")
-    with pytest.raises(OutputError, match="not a fliprm record"):
-        ResultWriter(out)
-    assert out.read_text() == "my notes, no newline"
 
 
 def test_csv_and_messages_inputs(tmp_path):

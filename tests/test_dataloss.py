@@ -17,7 +17,7 @@ from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
 from fliprm.batch import score_file
 from fliprm.cache import ResponseCache
-from fliprm.records import OutputError, ResultWriter, manifest_path
+from fliprm.records import OutputError, manifest_path
 from helpers_fliprm import shown_response
 
 
@@ -48,20 +48,6 @@ def read_out(path: Path) -> list[dict]:
 
 
 # ---- the output lock follows the file, not its name ---------------------------------------------
-
-
-@pytest.mark.parametrize("link", ["symlink", "hardlink"])
-def test_a_second_writer_through_a_link_to_the_same_output_is_refused(tmp_path, link):
-    out = tmp_path / "out.jsonl"
-    out.write_text("")
-    other = tmp_path / "other.jsonl"
-    (os.symlink if link == "symlink" else os.link)(out, other)
-    manifest = {"settings": {"reward": {"method": "f1"}}}
-    with ResultWriter(out, manifest=manifest), \
-            pytest.raises(OutputError, match="being written by another fliprm run"):
-        ResultWriter(other, manifest=manifest)
-    # released with the first writer: the same link now opens
-    ResultWriter(other, manifest=manifest).close()
 
 
 def test_two_runs_through_a_hard_link_write_each_line_once(tmp_path):
@@ -132,28 +118,6 @@ def test_csv_rows_appended_to_an_unterminated_last_row_rescore_that_row(tmp_path
     assert recs[3]["reward"] is None and "line 3: more cells than header" in recs[3]["error"]
     assert recs[4]["id"] == "d" and recs[4]["reward"] == 1.0
     assert (s.skipped, s.scored, len(fb.calls)) == (1, 2, 1)
-
-
-# ---- a short write at the end of the OUTPUT ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("fragment", ['{"li', "{", '{"', '{"line": 2, "id": "x", "rew'])
-def test_a_trailing_fragment_in_the_output_is_cut_off(tmp_path, fragment):
-    out = tmp_path / "out.jsonl"
-    good = '{"line": 1, "id": null, "reward": 1.0, "error": null}\n'
-    out.write_text(good + fragment)
-    with ResultWriter(out) as w:
-        assert w.done == {"1"}
-    assert out.read_text() == good
-
-
-def test_a_bad_line_in_the_middle_of_the_output_is_still_refused(tmp_path):
-    out = tmp_path / "out.jsonl"
-    text = '{"line": 1, "reward": 1.0}\n{"li\n{"line": 3, "reward": 1.0}\n'
-    out.write_text(text)
-    with pytest.raises(OutputError, match="line 2 is not a fliprm record"):
-        ResultWriter(out)
-    assert out.read_text() == text
 
 
 # ---- one deeply nested input line ---------------------------------------------------------------------
