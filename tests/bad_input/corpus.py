@@ -4,8 +4,12 @@ security limits.
 
 Each bad item gets either a clear error naming the item and the field, or a documented,
 deliberate handling (``Case.handling``); the rest of its batch is scored and there is exactly
-one output per input. Everything runs on a scripted judge (no model), so the file takes
-seconds. Test ids read ``<entry point>-<case>``.
+one output per input. Everything runs on a scripted judge (no model), in seconds.
+
+This module holds the corpus, the scripted judge, one run of the whole corpus per entry point
+(module-scoped fixtures, registered in conftest.py) and the checks (``check_*``); each entry
+point's module, ``tests/bad_input/test_<entry point>.py``, runs them for its own entry
+(``ENTRY``) and holds the tests only that entry point has.
 
 Deliberate handlings, per entry point:
 
@@ -28,12 +32,6 @@ import csv
 import importlib
 import io
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ import fliprm.backends.fake as fake_module
 from fliprm import FlipReward, Template
 from fliprm._types import GenerateRequest
 from fliprm.backends.fake import FakeBackend
-from fliprm.errors import BadResponse, ContextOverflow, InputError
+from fliprm.errors import BadResponse, ContextOverflow
 from fliprm.integrations import set_reward
 
 pytest.importorskip("fastapi")
@@ -770,9 +768,7 @@ def check_refused_at_load(entry: str, c: Case, tmp_path: Path) -> None:
     assert not any((tmp_path / "out").glob("*.jsonl")), "no half-written records"
 
 
-@pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def check_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if entry in ("eval_rb2", "rerank") and _refused_at_load(entry, case):
         request.getfixturevalue("scripted_cli")
         check_refused_at_load(entry, case, tmp_path)
@@ -831,8 +827,7 @@ def test_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_p
         assert s.truncated is case.truncated, s
 
 
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_rest_of_batch_completes_and_nothing_is_lost(
+def check_rest_of_batch(
     entry: str, request: pytest.FixtureRequest
 ) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
@@ -846,9 +841,7 @@ def test_rest_of_batch_completes_and_nothing_is_lost(
         assert {k[1] for k in keys} == set(run.ids)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("fc", FILE_CASES, ids=lambda fc: fc.id)
-@pytest.mark.parametrize("entry", ["cli_score_jsonl", "cli_score_csv"])
-def test_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureRequest) -> None:
+def check_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureRequest) -> None:
     says = fc.jsonl_says if entry == "cli_score_jsonl" else fc.csv_says
     if (fc.jsonl if entry == "cli_score_jsonl" else fc.csv) is None:
         pytest.skip("a CSV row is always a row of cells")
@@ -864,16 +857,14 @@ def test_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureReque
     assert rec["error"].startswith(f"line {line}:"), rec["error"]
 
 
-@pytest.mark.parametrize("entry", ["cli_score_jsonl", "cli_score_csv"])
-def test_bom_before_the_first_line_is_ignored(entry: str, request: pytest.FixtureRequest) -> None:
+def check_bom_before_the_first_line(entry: str, request: pytest.FixtureRequest) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
     first = min(run.line_of.values())
     (rec,) = [r for r in run.records if r["line"] == first]
     assert rec["id"] == "good-0" and rec["reward"] == 1.0, rec
 
 
-@pytest.mark.parametrize("entry", ["cli_score_jsonl", "cli_score_csv"])
-def test_rerun_after_bad_input_redoes_and_duplicates_nothing(
+def check_rerun_after_bad_input(
     entry: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
@@ -915,9 +906,7 @@ JUDGED_FILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("bad", JUDGED_FILE_CASES, ids=lambda b: b[0])
-@pytest.mark.parametrize("entry", ["eval_rb2", "rerank"])
-def test_bad_line_in_benchmark_or_rerank_file_stops_before_any_work(
+def check_bad_line_in_judged_file(
     entry: str,
     bad: tuple[str, Callable[[dict[str, Any]], bytes], str],
     tmp_path: Path,
@@ -934,97 +923,6 @@ def test_bad_line_in_benchmark_or_rerank_file_stops_before_any_work(
         field_name = "chosen" if entry == "eval_rb2" else "candidates"
         assert f"'{field_name}'" in output, output
     assert not CALLS and not any((tmp_path / "out").glob("*.jsonl"))
-
-
-def test_rerank_labels_that_are_not_numbers_are_refused_up_front(
-    tmp_path: Path, scripted_cli: None
-) -> None:
-    # the report averages labels: a null used to crash it after every row had been judged
-    data = _write_rows(
-        tmp_path / "bon.jsonl",
-        [
-            {**_bon_row("a", GOOD, GOOD), "pref": [1.0, 0.5, 0.2]},
-            {**_bon_row("b", GOOD, GOOD), "pref": [1.0, None, 0.2]},
-        ],
-    )
-    code, output = invoke(
-        [
-            "rerank",
-            data,
-            "--methods",
-            "flip",
-            "--backend",
-            "fake",
-            "--label-field",
-            "pref",
-            "--out",
-            tmp_path / "out",
-        ]
-    )
-    assert code == 2 and "row 2" in output and "'pref' must be a list of numbers" in output, output
-
-
-# ---- item names stay right when batches are merged or split -----------------------------------
-
-
-def test_merged_server_batch_names_each_item_by_its_place_in_its_own_request() -> None:
-    # a long max_wait makes the batcher merge the two concurrent requests into one batch
-    app = server_app(max_wait_ms=200, max_batch_items=64)
-
-    async def main() -> list[httpx.Response]:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                first = {
-                    "items": [
-                        {"instruction": GOOD, "response": GOOD},
-                        {"instruction": GOOD, "response": GOOD},
-                    ]
-                }
-                second = {
-                    "items": [
-                        {"instruction": GOOD, "response": GOOD},
-                        {"instruction": GOOD, "response": ""},
-                    ]
-                }
-                return list(
-                    await asyncio.gather(
-                        c.post("/v1/score", json=first), c.post("/v1/score", json=second)
-                    )
-                )
-
-    r1, r2 = asyncio.run(main())
-    assert app.state.metrics.batches == 1  # the two requests really were merged
-    bad = r2.json()["results"][1]
-    assert bad["error"] == "item 1: field 'response' is empty", bad["error"]
-    assert [x["reward"] for x in r1.json()["results"]] == [1.0, 1.0]
-
-
-def test_python_api_refuses_a_bare_string_for_a_batch() -> None:
-    # a str is a Sequence: it used to be scored one character per item
-    with judge_reward() as rm:
-        with pytest.raises(InputError, match="instructions must be a list"):
-            rm.score("abc", ["x", "y", "z"])
-        with pytest.raises(InputError, match="responses must be a list"):
-            rm.score(["a"], "b")
-
-
-def test_server_scorer_sends_a_lone_surrogate_as_one_failed_item(adapter_judge: None) -> None:
-    from fliprm.integrations import ServerScorer
-    from fliprm.server import ServerThread
-
-    with ServerThread(server_app()) as srv:
-        got = asyncio.run(ServerScorer(srv.url).ascore([GOOD, GOOD], [GOOD, "bad \ud800"]))
-    assert got[0].reward == 1.0 and got[0].error is None
-    assert got[1].reward is None and "field 'response' is not valid Unicode" in got[1].error
-
-
-def test_lone_surrogate_in_a_refused_request_is_a_422_not_a_500() -> None:
-    # FastAPI's own 422 handler echoes the input as UTF-8 and raised on "\ud800"
-    (r,) = _post_all(server_app(), [("/v1/score", {"items": [{"\ud800": "x"}]})])
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0]
-    (r,) = _post_all(server_app(), [("/v1/score", {"items": [{"id": "\ud800", "response": "x"}]})])
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "id"]
 
 
 # ---- faults: the output location ---------------------------------------------------------------
@@ -1049,39 +947,7 @@ def _assert_clear_output_error(code: int, output: str, path: Path | str, why: st
     assert str(path) in output and why in output, output
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
-def test_score_to_a_full_disk_is_a_clear_error(tmp_path: Path, scripted_cli: None) -> None:
-    # every write to /dev/full fails with ENOSPC, like a full disk
-    code, output = invoke(
-        ["score", _one_pair(tmp_path), "-o", "/dev/full", "-b", "fake", "--no-cache"]
-    )
-    _assert_clear_output_error(code, output, "/dev/full", "No space left on device")
-
-
-def test_score_to_a_path_that_cannot_be_created_is_a_clear_error(
-    tmp_path: Path, scripted_cli: None
-) -> None:
-    out = _blocked(tmp_path) / "scores.jsonl"
-    code, output = invoke(["score", _one_pair(tmp_path), "-o", out, "-b", "fake", "--no-cache"])
-    _assert_clear_output_error(code, output, out, "cannot write results to")
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores read-only modes")
-def test_score_into_a_read_only_folder_is_a_clear_error(tmp_path: Path, scripted_cli: None) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, output = invoke(
-            ["score", _one_pair(tmp_path), "-o", ro / "s.jsonl", "-b", "fake", "--no-cache"]
-        )
-    finally:
-        ro.chmod(0o700)
-    _assert_clear_output_error(code, output, ro / "s.jsonl", "Permission denied")
-
-
-@pytest.mark.parametrize("entry", ["eval_rb2", "rerank"])
-def test_judged_run_to_a_path_that_cannot_be_created_is_a_clear_error(
+def check_judged_run_to_a_blocked_path(
     entry: str, tmp_path: Path, scripted_cli: None
 ) -> None:
     make_row = _rb2_row if entry == "eval_rb2" else _bon_row
@@ -1089,31 +955,6 @@ def test_judged_run_to_a_path_that_cannot_be_created_is_a_clear_error(
     out = _blocked(tmp_path)
     code, output = _judge_cli(entry, data, out)
     _assert_clear_output_error(code, output, out, "cannot write results to")
-
-
-def test_existing_output_with_a_broken_middle_line_is_a_clear_error(
-    tmp_path: Path, scripted_cli: None
-) -> None:
-    # only a half-written *last* line is a killed run's; one in the middle is someone's edit
-    out = tmp_path / "scores.jsonl"
-    pair = _one_pair(tmp_path)
-    code, output = invoke(["score", pair, "-o", out, "-b", "fake", "--no-cache"])
-    assert code == 0, output
-    out.write_text('{"line": 1}\nnot json\n{"line": 3}\n')
-    code, output = invoke(["score", pair, "-o", out, "-b", "fake", "--no-cache"])
-    _assert_clear_output_error(code, output, out, "line 2 is not a fliprm record")
-    assert out.read_text() == '{"line": 1}\nnot json\n{"line": 3}\n'  # left untouched
-
-
-def test_existing_output_without_settings_is_refused_and_untouched(
-    tmp_path: Path, scripted_cli: None
-) -> None:
-    # a file fliprm did not write (or an older fliprm, which recorded no settings)
-    out = tmp_path / "scores.jsonl"
-    out.write_text("my notes, one line without a newline")
-    code, output = invoke(["score", _one_pair(tmp_path), "-o", out, "-b", "fake", "--no-cache"])
-    _assert_clear_output_error(code, output, out, "no record of their settings")
-    assert out.read_text() == "my notes, one line without a newline"
 
 
 # ---- faults: fliprm eval rewardbench2 killed with SIGKILL and resumed --------------------------
@@ -1163,131 +1004,3 @@ def _without_timing(x: Any) -> Any:
 
 def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_eval_rewardbench2_sigkilled_then_resumed_loses_and_duplicates_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = _write_rows(tmp_path / "rb2.jsonl", _rb2_items(14))
-    methods = "flip,pointwise"
-    total = 14 * 2
-
-    # the reference: one clean, uninterrupted run with the same scripted backend
-    monkeypatch.setattr(fake_module, "scripted_reply", _REAL_FAKE_REPLY)
-    monkeypatch.setattr("fliprm.eval.rb2_report._plots", lambda summary, out_dir: [])
-    clean = tmp_path / "clean"
-    code, output = invoke(
-        [
-            "eval",
-            "rewardbench2",
-            "--data",
-            data,
-            "--methods",
-            methods,
-            "--concurrency",
-            "1",
-            "--out",
-            clean,
-            "--backend",
-            "fake",
-        ]
-    )
-    assert code == 0, output
-
-    out = tmp_path / "killed"
-    records = out / "records.jsonl"
-
-    def run(delay: float) -> subprocess.Popen[bytes]:
-        cmd = [
-            sys.executable,
-            "-c",
-            _SLOW_CLI,
-            str(delay),
-            "eval",
-            "rewardbench2",
-            "--data",
-            str(data),
-            "--methods",
-            methods,
-            "--concurrency",
-            "1",
-            "--out",
-            str(out),
-            "--backend",
-            "fake",
-        ]
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    # seeded, so a failure reruns as it was; FLIPRM_KILL_SEED=<n> tries another kill point
-    seed = int(os.environ.get("FLIPRM_KILL_SEED", "20261206"))
-    want = random.Random(seed).randint(2, total - 4)  # kill after `want` finished records
-    proc = run(0.08)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if records.exists() and records.read_bytes().count(b"\n") >= want:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"the first run ended before it could be killed: {proc.stderr.read()!r}")
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = records.read_bytes()
-    complete = before[: before.rfind(b"\n") + 1]  # a half-written last line is redone
-    n_before = complete.count(b"\n")
-    assert want <= n_before < total, f"seed {seed}: killed after {n_before} of {total}"
-    assert not (out / "results.json").exists()  # it really died mid-run
-
-    resumed = run(0.0)
-    _, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-
-    after = records.read_bytes()
-    assert after.startswith(complete), f"seed {seed}: finished records were rewritten"
-    got, ref = _records(records), _records(clean / "records.jsonl")
-    ids = [r["id"] for r in got]
-    assert len(ids) == len(set(ids)) == total, f"seed {seed}: lost or duplicated records"
-    assert sorted(ids) == sorted(r["id"] for r in ref)
-    by_id = {r["id"]: _without_timing(r) for r in ref}
-    assert all(_without_timing(r) == by_id[r["id"]] for r in got), f"seed {seed}"
-    report = json.loads((out / "results.json").read_text())
-    assert _without_timing(report) == _without_timing(
-        json.loads((clean / "results.json").read_text())
-    )
-
-
-# ---- security ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "my-host.example"])
-def test_serve_refuses_a_reachable_host_without_an_api_key(
-    host: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import uvicorn
-
-    def started(*a: Any, **k: Any) -> None:
-        raise AssertionError(f"the server started on {host} without an API key")
-
-    monkeypatch.setattr(uvicorn, "run", started)
-    monkeypatch.delenv("FLIPRM_API_KEY", raising=False)
-    code, output = invoke(["serve", "--host", host, "--backend", "fake", "--no-cache"])
-    assert code == 2 and "--api-key" in output and host in output, output
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
-def test_loopback_hosts_need_no_api_key(host: str) -> None:
-    from fliprm.cli.serve import is_loopback
-
-    assert is_loopback(host)
-
-
-@pytest.mark.parametrize("route", ["/v1/score", "/get_reward"])
-def test_oversized_body_is_refused_with_413_before_any_scoring(route: str) -> None:
-    CALLS.clear()
-    body: dict[str, Any] = (
-        {"items": [{"instruction": GOOD, "response": "x" * 5000}]}
-        if route == "/v1/score"
-        else {"query": [PROMPT + "x" * 5000], "prompts": [PROMPT], "labels": [GOOD]}
-    )
-    (r,) = _post_all(server_app(max_body_bytes=2000), [(route, body)])
-    assert r.status_code == 413 and "2000 bytes" in r.json()["detail"]
-    assert not CALLS
