@@ -1,8 +1,10 @@
 """The bad-input corpus's fixtures (defined in corpus.py): the scripted CLI judge, the
-adapters' process scorer and one run of the whole corpus per entry point."""
+adapters' process scorer, one run of the whole corpus per entry point and ``entry`` (the
+importing module's ``ENTRY``, for the shared tests)."""
 
 from bad_input.corpus import (  # noqa: F401  (fixtures, found by pytest by name)
     adapter_judge,
+    entry,
     run_api_async,
     run_api_sync,
     run_cli_score_csv,

@@ -7,9 +7,11 @@ deliberate handling (``Case.handling``); the rest of its batch is scored and the
 one output per input. Everything runs on a scripted judge (no model), in seconds.
 
 This module holds the corpus, the scripted judge, one run of the whole corpus per entry point
-(module-scoped fixtures, registered in conftest.py) and the checks (``check_*``); each entry
-point's module, ``tests/bad_input/test_<entry point>.py``, runs them for its own entry
-(``ENTRY``) and holds the tests only that entry point has.
+(module-scoped fixtures, registered in conftest.py) and the tests the entry points share
+(``test_*``, written once here). Each entry point's module,
+``tests/bad_input/test_<entry point>.py``, names its entry point (``ENTRY``, which the
+``entry`` fixture hands to the shared tests), imports the shared tests that apply to it, so
+pytest collects them there, and holds the tests only that entry point has.
 
 Deliberate handlings, per entry point:
 
@@ -744,6 +746,12 @@ FIELD_NAMES = {
 }
 
 
+@pytest.fixture
+def entry(request: pytest.FixtureRequest) -> str:
+    """The entry point a shared test runs on: the ``ENTRY`` of the module that imported it."""
+    return request.module.ENTRY
+
+
 def check_refused_at_load(entry: str, c: Case, tmp_path: Path) -> None:
     make_row = _rb2_row if entry == "eval_rb2" else _bon_row
     data = _write_rows(
@@ -768,7 +776,8 @@ def check_refused_at_load(entry: str, c: Case, tmp_path: Path) -> None:
     assert not any((tmp_path / "out").glob("*.jsonl")), "no half-written records"
 
 
-def check_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
+def test_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if entry in ("eval_rb2", "rerank") and _refused_at_load(entry, case):
         request.getfixturevalue("scripted_cli")
         check_refused_at_load(entry, case, tmp_path)
@@ -827,7 +836,7 @@ def check_bad_value(entry: str, case: Case, request: pytest.FixtureRequest, tmp_
         assert s.truncated is case.truncated, s
 
 
-def check_rest_of_batch(
+def test_rest_of_batch_completes_and_nothing_is_lost(
     entry: str, request: pytest.FixtureRequest
 ) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
@@ -841,7 +850,8 @@ def check_rest_of_batch(
         assert {k[1] for k in keys} == set(run.ids)  # type: ignore[attr-defined]
 
 
-def check_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("fc", FILE_CASES, ids=lambda fc: fc.id)
+def test_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureRequest) -> None:
     says = fc.jsonl_says if entry == "cli_score_jsonl" else fc.csv_says
     if (fc.jsonl if entry == "cli_score_jsonl" else fc.csv) is None:
         pytest.skip("a CSV row is always a row of cells")
@@ -857,14 +867,14 @@ def check_bad_line_in_file(entry: str, fc: FileCase, request: pytest.FixtureRequ
     assert rec["error"].startswith(f"line {line}:"), rec["error"]
 
 
-def check_bom_before_the_first_line(entry: str, request: pytest.FixtureRequest) -> None:
+def test_bom_before_the_first_line_is_ignored(entry: str, request: pytest.FixtureRequest) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
     first = min(run.line_of.values())
     (rec,) = [r for r in run.records if r["line"] == first]
     assert rec["id"] == "good-0" and rec["reward"] == 1.0, rec
 
 
-def check_rerun_after_bad_input(
+def test_rerun_after_bad_input_redoes_and_duplicates_nothing(
     entry: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     run: Run = request.getfixturevalue(f"run_{entry}")
@@ -906,7 +916,8 @@ JUDGED_FILE_CASES = [
 ]
 
 
-def check_bad_line_in_judged_file(
+@pytest.mark.parametrize("bad", JUDGED_FILE_CASES, ids=lambda b: b[0])
+def test_bad_line_in_benchmark_or_rerank_file_stops_before_any_work(
     entry: str,
     bad: tuple[str, Callable[[dict[str, Any]], bytes], str],
     tmp_path: Path,
@@ -947,7 +958,7 @@ def _assert_clear_output_error(code: int, output: str, path: Path | str, why: st
     assert str(path) in output and why in output, output
 
 
-def check_judged_run_to_a_blocked_path(
+def test_judged_run_to_a_path_that_cannot_be_created_is_a_clear_error(
     entry: str, tmp_path: Path, scripted_cli: None
 ) -> None:
     make_row = _rb2_row if entry == "eval_rb2" else _bon_row

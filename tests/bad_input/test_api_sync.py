@@ -1,24 +1,17 @@
-"""Bad input through the Python API, FlipReward.score (the corpus and the checks: corpus.py)."""
+"""Bad input through the Python API, FlipReward.score (corpus, shared tests: corpus.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from bad_input.corpus import VALUE_CASES, Case, check_bad_value, check_rest_of_batch, judge_reward
+from bad_input.corpus import (  # noqa: F401  (shared tests, collected here for ENTRY)
+    judge_reward,
+    test_bad_value,
+    test_rest_of_batch_completes_and_nothing_is_lost,
+)
 from fliprm.errors import InputError
 
 ENTRY = "api_sync"
-
-
-@pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
-def test_bad_value(case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    check_bad_value(ENTRY, case, request, tmp_path)
-
-
-def test_rest_of_batch_completes_and_nothing_is_lost(request: pytest.FixtureRequest) -> None:
-    check_rest_of_batch(ENTRY, request)
 
 
 def test_python_api_refuses_a_bare_string_for_a_batch() -> None:

@@ -1,4 +1,4 @@
-"""Bad input through fliprm eval rewardbench2 (the corpus and the checks: corpus.py)."""
+"""Bad input through fliprm eval rewardbench2 (corpus, shared tests: corpus.py)."""
 
 from __future__ import annotations
 
@@ -9,53 +9,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import fliprm.backends.fake as fake_module
-from bad_input.corpus import (
+from bad_input.corpus import (  # noqa: F401  (shared tests, collected here for ENTRY)
     _REAL_FAKE_REPLY,
     _SLOW_CLI,
-    JUDGED_FILE_CASES,
-    VALUE_CASES,
-    Case,
     _rb2_items,
     _records,
     _without_timing,
     _write_rows,
-    check_bad_line_in_judged_file,
-    check_bad_value,
-    check_judged_run_to_a_blocked_path,
-    check_rest_of_batch,
     invoke,
+    test_bad_line_in_benchmark_or_rerank_file_stops_before_any_work,
+    test_bad_value,
+    test_judged_run_to_a_path_that_cannot_be_created_is_a_clear_error,
+    test_rest_of_batch_completes_and_nothing_is_lost,
 )
 
 ENTRY = "eval_rb2"
-
-
-@pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
-def test_bad_value(case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    check_bad_value(ENTRY, case, request, tmp_path)
-
-
-def test_rest_of_batch_completes_and_nothing_is_lost(request: pytest.FixtureRequest) -> None:
-    check_rest_of_batch(ENTRY, request)
-
-
-@pytest.mark.parametrize("bad", JUDGED_FILE_CASES, ids=lambda b: b[0])
-def test_bad_line_in_benchmark_or_rerank_file_stops_before_any_work(
-    bad: tuple[str, Callable[[dict[str, Any]], bytes], str], tmp_path: Path, scripted_cli: None
-) -> None:
-    check_bad_line_in_judged_file(ENTRY, bad, tmp_path, scripted_cli)
-
-
-def test_judged_run_to_a_path_that_cannot_be_created_is_a_clear_error(
-    tmp_path: Path, scripted_cli: None
-) -> None:
-    check_judged_run_to_a_blocked_path(ENTRY, tmp_path, scripted_cli)
 
 
 def test_eval_rewardbench2_sigkilled_then_resumed_loses_and_duplicates_nothing(

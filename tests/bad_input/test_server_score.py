@@ -1,33 +1,20 @@
-"""Bad input through the server's POST /v1/score (the corpus and the checks: corpus.py)."""
+"""Bad input through the server's POST /v1/score (corpus, shared tests: corpus.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
-import pytest
 
-from bad_input.corpus import (
+from bad_input.corpus import (  # noqa: F401  (shared tests, collected here for ENTRY)
     GOOD,
-    VALUE_CASES,
-    Case,
     _post_all,
-    check_bad_value,
-    check_rest_of_batch,
     server_app,
+    test_bad_value,
+    test_rest_of_batch_completes_and_nothing_is_lost,
 )
 
 ENTRY = "server_score"
-
-
-@pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
-def test_bad_value(case: Case, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    check_bad_value(ENTRY, case, request, tmp_path)
-
-
-def test_rest_of_batch_completes_and_nothing_is_lost(request: pytest.FixtureRequest) -> None:
-    check_rest_of_batch(ENTRY, request)
 
 
 def test_merged_server_batch_names_each_item_by_its_place_in_its_own_request() -> None:
