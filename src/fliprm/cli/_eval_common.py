@@ -1,4 +1,6 @@
-"""What ``fliprm eval`` and ``fliprm rerank`` share: the method list and the judges it names."""
+"""What ``fliprm eval rewardbench2`` and ``fliprm rerank`` share: their options, the method list
+and the judges it names, and the failure report. The two commands import this module whole
+(``from . import _eval_common as common``), so the shared vocabulary is written once."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..judges import JUDGES, Judge, LongestJudge
 from ..registry import method_specs
-from ._config_options import err
+from ._config_options import err, reward_options
 
 MethodsOpt = Annotated[str, typer.Option(
     "--methods", help=f"comma list of {','.join(JUDGES)} ("
@@ -30,6 +32,17 @@ EXCLUDE = ("method",)
 
 RetryErrorsOpt = Annotated[bool, typer.Option(
     "--retry-errors", help="redo the records whose judge calls failed in an earlier run")]
+
+
+def judged_run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a judged-run command with the reward flags (:func:`reward_options`, preset
+    ``default``, without ``--method``), passed as ``settings``.
+
+    >>> @judged_run_options
+    ... def run(settings, methods: MethodsOpt = "flip") -> None: ...
+    """
+    # no default cache: a rerun served from a cache would report near-zero seconds per item
+    return reward_options(preset="default", exclude=EXCLUDE, default_cache=False)(fn)
 
 
 def report_failures(records: list[dict[str, Any]]) -> int:

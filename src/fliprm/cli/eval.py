@@ -11,42 +11,32 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import FlipError
-from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import (
-    EXCLUDE,
-    HfConfigOpt,
-    MethodsOpt,
-    RetryErrorsOpt,
-    SplitOpt,
-    judges_for,
-    parse_methods,
-    report_failures,
-)
+from . import _eval_common as common
+from ._config_options import CliSettings, fail
 from ._progress import MetricsOpt, RunProgress
 
 eval_app = typer.Typer(help="Evaluate FLIP against judge baselines.", no_args_is_help=True)
 
 
 @eval_app.command("rewardbench2")
-# no default cache: a rerun served from a cache would report near-zero seconds per item
-@reward_options(preset="default", exclude=EXCLUDE, default_cache=False)
+@common.judged_run_options
 def rewardbench2(
     settings: CliSettings,
     data: Annotated[str | None, typer.Option(
         "--data", help="RB2-schema data: parquet, JSONL, a datasets save_to_disk folder or a "
         "Hugging Face dataset name; default: allenai/reward-bench-2 from the hub")] = None,
-    split: SplitOpt = None,
-    hf_config: HfConfigOpt = None,
+    split: common.SplitOpt = None,
+    hf_config: common.HfConfigOpt = None,
     subsets: Annotated[str | None, typer.Option(
         "--subsets", help="comma list (default: Focus,Factuality,Precise IF,Math; 'all' = every subset)")] = None,
     ties: Annotated[bool, typer.Option("--ties", help="add the Ties subset (weighted formula)")] = False,
-    methods: MethodsOpt = "flip,flip-likelihood,pointwise,pairwise,listwise,longest",
+    methods: common.MethodsOpt = "flip,flip-likelihood,pointwise,pairwise,listwise,longest",
     runs: Annotated[int, typer.Option("--runs", help="repeat each method; run r uses seed+r")] = 1,
     run_seed: Annotated[int, typer.Option("--run-seed", help="seed of run 0 (shuffles, tie-breaks)")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="first N items of each subset")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rewardbench2"),
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
-    retry_errors: RetryErrorsOpt = False,
+    retry_errors: common.RetryErrorsOpt = False,
     metrics_jsonl: MetricsOpt = None,
 ) -> None:
     """Judge each item's chosen + rejected answers with every method; write per-item JSONL
@@ -63,7 +53,7 @@ def rewardbench2(
     engine = None
     started, t0 = datetime.now(UTC), time.monotonic()
     try:
-        names = parse_methods(methods)
+        names = common.parse_methods(methods)
         wanted: list[str] | None = list(DEFAULT_SUBSETS)
         if subsets == "all":
             wanted = None
@@ -80,7 +70,7 @@ def rewardbench2(
         items = load_items(data, subsets=wanted, limit=limit)
         typer.echo(f"{len(items)} items; methods: {', '.join(names)}; runs: {runs}", err=True)
         records_path = out / "records.jsonl"
-        engine, make = judges_for(settings, names)
+        engine, make = common.judges_for(settings, names)
         conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
         ident = input_identity(data) if data else {"path": HUB_DATASET, "sha256": None}
         if copy:  # a dataset's parquet copy: name the dataset, not the copy
@@ -125,7 +115,7 @@ def rewardbench2(
                    f"({m['n_scored']} scored, {m['n_failed']} failed)")
     typer.echo(f"report: {out / 'report.md'}")
     # the records of this selection, this run's and earlier runs' (as `fliprm score` does)
-    raise typer.Exit(1 if report_failures(recs) else 0)
+    raise typer.Exit(1 if common.report_failures(recs) else 0)
 
 
 @eval_app.command("report")

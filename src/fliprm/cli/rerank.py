@@ -12,29 +12,19 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import FlipError
-from ._config_options import CliSettings, fail, reward_options
-from ._eval_common import (
-    EXCLUDE,
-    HfConfigOpt,
-    MethodsOpt,
-    RetryErrorsOpt,
-    SplitOpt,
-    judges_for,
-    parse_methods,
-    report_failures,
-)
+from . import _eval_common as common
+from ._config_options import CliSettings, fail
 from ._progress import MetricsOpt, RunProgress
 
 
-# no default cache: a rerun served from a cache would report near-zero seconds per row
-@reward_options(preset="default", exclude=EXCLUDE, default_cache=False)
+@common.judged_run_options
 def rerank(
     settings: CliSettings,
     input: Annotated[str, typer.Argument(
         help="JSONL or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
         "name: one prompt + candidates per row")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rerank"),
-    methods: MethodsOpt = "flip",
+    methods: common.MethodsOpt = "flip",
     prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
     candidates_field: Annotated[str, typer.Option("--candidates-field")] = "candidates",
     id_field: Annotated[str, typer.Option("--id-field")] = "id",
@@ -43,13 +33,13 @@ def rerank(
     limit: Annotated[int | None, typer.Option("--limit", help="first N rows")] = None,
     run_seed: Annotated[int, typer.Option("--run-seed", help="tie-break and shuffle seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="start the output over")] = False,
-    retry_errors: RetryErrorsOpt = False,
+    retry_errors: common.RetryErrorsOpt = False,
     verifier: Annotated[str | None, typer.Option(
         "--verifier", help="ifeval|ifbench: label every candidate with the instruction checkers "
         "(rows need instruction_id_list and kwargs); writes verify_report.md")] = None,
     metrics_jsonl: MetricsOpt = None,
-    split: SplitOpt = None,
-    hf_config: HfConfigOpt = None,
+    split: common.SplitOpt = None,
+    hf_config: common.HfConfigOpt = None,
 ) -> None:
     """Pick the best candidate per row with each method. Writes OUT/<method>.jsonl (every score
     and the pick; resumable) and, with --label-field, bon_report.md / bon_results.json /
@@ -71,7 +61,7 @@ def rerank(
 
     started, t0 = datetime.now(UTC), time.monotonic()
     try:
-        names = parse_methods(methods)
+        names = common.parse_methods(methods)
         if verifier not in (None, "ifeval", "ifbench"):
             fail(f"--verifier {verifier!r}: use ifeval or ifbench")
         from ..hf_input import resolve_input
@@ -82,7 +72,7 @@ def rerank(
                          label_field=label_field, limit=limit, instructions=verifier is not None)
         # checked before any model call: a bad row fails now, not after the reranking
         checked = _check_candidates(rows, verifier) if verifier else None
-        engine, make = judges_for(settings, names)
+        engine, make = common.judges_for(settings, names)
         conc = settings.runtime.concurrency or (engine.max_concurrency if engine else 1)
         ident = input_identity(resolved.path)
         if not resolved.is_file:  # a dataset's parquet copy: name the dataset, not the copy
@@ -139,7 +129,7 @@ def rerank(
     elif not summary:
         typer.echo(f"picks: {', '.join(str(out / f'{n}.jsonl') for n in names)}")
     # this selection's records, this run's and earlier runs' (as `fliprm score` does)
-    raise typer.Exit(1 if report_failures(records) else 0)
+    raise typer.Exit(1 if common.report_failures(records) else 0)
 
 
 def _check_candidates(
