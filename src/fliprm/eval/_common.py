@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ..backends import Backend
 from ..cache import ResponseCache
 from ..config import RewardConfig, RuntimeOptions
 from ..engine import Engine
 from ..judges import Judge, Judgment, get_judge
+from ..records import ResultWriter
 
-__all__ = ["JudgeFactory", "failure_kind", "failure_message", "identify_judges", "judge_factory",
-           "words"]
+__all__ = ["JudgeFactory", "RecordSink", "failure_kind", "failure_message", "identify_judges",
+           "judge_factory", "words"]
 
 JudgeFactory = Callable[[str, int], Judge]
 
@@ -79,6 +81,54 @@ class _SharedEngineJudges:
     def __call__(self, method: str, seed: int) -> Judge:
         return get_judge(method, backend=self.engine.backend, engine=self.engine, seed=seed,
                          config=self.config)
+
+
+class RecordSink:
+    """Where a judged run's records go: appended to ``out`` when given (resumable: :attr:`done`
+    holds the ids already there), kept in :attr:`new`, and told to ``on_record``.
+
+    The manifest beside ``out`` holds ``settings`` (each method's judge identity) and
+    ``input_identity``; ``force``, ``retry_errors`` and ``merge`` are :class:`ResultWriter`'s.
+    :meth:`close` closes the output.
+
+    >>> sink = RecordSink(None, settings={})
+    >>> sink.add({"id": "a"})
+    >>> sink.new, sink.done
+    ([{'id': 'a'}], set())
+    """
+
+    def __init__(
+        self,
+        out: str | Path | None,
+        *,
+        settings: dict[str, Any],
+        input_identity: dict[str, Any] | None = None,
+        force: bool = False,
+        retry_errors: bool | Callable[[dict[str, Any]], bool] = False,
+        merge: bool = False,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        manifest: dict[str, Any] = {"settings": settings}
+        if input_identity is not None:
+            manifest["input"] = input_identity
+        self._writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=merge,
+                                     force=force, retry_errors=retry_errors)
+                        if out is not None else None)
+        self.done: set[str] = self._writer.done if self._writer else set()
+        self.new: list[dict[str, Any]] = []
+        self._on_record = on_record
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """Write ``rec`` (a finished record), keep it and tell ``on_record``."""
+        if self._writer:
+            self._writer.write(rec)
+        self.new.append(rec)
+        if self._on_record:
+            self._on_record(rec)
+
+    def close(self) -> None:
+        if self._writer:
+            self._writer.close()
 
 
 async def identify_judges(judges: Iterable[Judge]) -> None:

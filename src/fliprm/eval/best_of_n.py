@@ -26,8 +26,8 @@ from typing import Any
 from ..errors import InputError
 from ..inputs import require_text
 from ..judges import Judge, top_indices
-from ..records import ResultWriter, read_records
-from ._common import failure_kind, failure_message, identify_judges
+from ..records import read_records
+from ._common import RecordSink, failure_kind, failure_message, identify_judges
 from .stats import bootstrap_ci, mean
 
 __all__ = ["arerank", "load_rows", "pool_sizes", "summarize_bon"]
@@ -117,21 +117,16 @@ async def arerank(
     1
     """
     await identify_judges([judge])
-    manifest: dict[str, Any] = {"settings": {judge.name: judge.identity()}}
-    if input_identity is not None:
-        manifest["input"] = input_identity
     row_ids = {r["id"] for r in rows}
-    writer = (ResultWriter(out, key_field="id", manifest=manifest, force=force,
-                           # only the rows of this run (--limit): others would not be redone
-                           retry_errors=(lambda rec: rec.get("id") in row_ids)
-                           if retry_errors else False)
-              if out is not None else None)
-    done = writer.done if writer else set()
-    todo = [r for r in rows if r["id"] not in done]
+    sink = RecordSink(out, settings={judge.name: judge.identity()},
+                      input_identity=input_identity, force=force, on_record=on_record,
+                      # only the rows of this run (--limit): others would not be redone
+                      retry_errors=(lambda rec: rec.get("id") in row_ids)
+                      if retry_errors else False)
+    todo = [r for r in rows if r["id"] not in sink.done]
     if on_todo:
         on_todo(len(todo))
     sem = asyncio.Semaphore(max(1, concurrency))
-    new: list[dict[str, Any]] = []
 
     async def one(row: dict[str, Any]) -> None:
         async with sem:
@@ -147,21 +142,16 @@ async def arerank(
         if row.get("labels") is not None:
             rec["labels"] = row["labels"]
             rec["picked_label"] = row["labels"][pick] if pick is not None else None
-        if writer:
-            writer.write(rec)
-        new.append(rec)
-        if on_record:
-            on_record(rec)
+        sink.add(rec)
         if progress:
-            progress(f"[{judge.name}] {len(new)}/{len(todo)} {row['id']} pick={rec['pick']} "
-                     f"{j.seconds:.1f}s")
+            progress(f"[{judge.name}] {len(sink.new)}/{len(todo)} {row['id']} "
+                     f"pick={rec['pick']} {j.seconds:.1f}s")
 
     try:
         await asyncio.gather(*(one(r) for r in todo))
     finally:
-        if writer:
-            writer.close()
-    return new
+        sink.close()
+    return sink.new
 
 
 def pool_sizes(n: int) -> list[int]:

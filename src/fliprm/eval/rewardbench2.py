@@ -17,8 +17,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..records import ResultWriter
-from ._common import JudgeFactory, failure_kind, failure_message, identify_judges, words
+from ._common import (
+    JudgeFactory,
+    RecordSink,
+    failure_kind,
+    failure_message,
+    identify_judges,
+    words,
+)
 from .rb2_data import RB2Item
 from .rb2_scoring import item_credit
 
@@ -89,9 +95,6 @@ async def arun_rewardbench2(
     """
     judges = {(m, r): make_judge(m, seed + r) for m in methods for r in range(runs)}
     await identify_judges(judges.values())
-    manifest: dict[str, Any] = {"settings": {m: judges[(m, 0)].identity() for m in methods}}
-    if input_identity is not None:
-        manifest["input"] = input_identity
     selected, ids = set(methods), {it.id for it in items}
 
     def redo(rec: dict[str, Any]) -> bool:
@@ -99,28 +102,22 @@ async def arun_rewardbench2(
         return (rec.get("method") in selected and rec.get("item_id") in ids
                 and rec.get("run", 0) < runs)
 
-    writer = (ResultWriter(out, key_field="id", manifest=manifest, merge=True, force=force,
-                           retry_errors=redo if retry_errors else False)
-              if out is not None else None)
-    done = writer.done if writer else set()
-    new: list[dict[str, Any]] = []
+    sink = RecordSink(out, settings={m: judges[(m, 0)].identity() for m in methods},
+                      input_identity=input_identity, merge=True, force=force,
+                      retry_errors=redo if retry_errors else False, on_record=on_record)
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(judge: Any, method: str, run: int, item: RB2Item, total: int) -> None:
         async with sem:
             j = await judge.arank(item.prompt, item.candidates)
         rec = _record(method, run, seed + run, item, j)
-        if writer:
-            writer.write(rec)
-        new.append(rec)
-        if on_record:
-            on_record(rec)
+        sink.add(rec)
         if progress:
             credit = "-" if rec["credit"] is None else f"{rec['credit']:.2f}"
-            progress(f"[{method} run {run}] {len(new)} done, {total} this pass: {item.id} "
+            progress(f"[{method} run {run}] {len(sink.new)} done, {total} this pass: {item.id} "
                      f"credit={credit} {j.seconds:.1f}s")
 
-    todos = {(method, run): [it for it in items if record_key(method, run, it.id) not in done
+    todos = {(method, run): [it for it in items if record_key(method, run, it.id) not in sink.done
                              and not (it.subset == "Ties" and method in NO_TIES)]
              for method in methods for run in range(runs)}
     if on_todo:
@@ -130,9 +127,8 @@ async def arun_rewardbench2(
             judge = judges[(method, run)]
             await asyncio.gather(*(one(judge, method, run, it, len(todo)) for it in todo))
     finally:
-        if writer:
-            writer.close()
-    return new
+        sink.close()
+    return sink.new
 
 
 def stderr_progress(msg: str) -> None:
