@@ -1,6 +1,14 @@
-"""Helpers shared by test modules (importable: tests/ is on sys.path via its conftest)."""
+"""Helpers shared by test modules (importable from any folder under tests/: pyproject's
+``pythonpath = ["tests"]`` puts tests/ on sys.path)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+# test files live in folders mirroring src/fliprm, so paths start from the tests root, not
+# from the test file
+FIXTURES = TESTS / "fixtures"
 
 
 def shown_response(request) -> str:
@@ -245,3 +253,53 @@ def flip_json(instr: str, reasoning: str = "because") -> str:
     import json
 
     return json.dumps({"REASONING": reasoning, "INFERRED INSTRUCTION": instr})
+
+
+def served_reward(monkeypatch, args: list[str], env: dict[str, str]):
+    """The FlipReward that ``fliprm serve ARGS`` would serve under ``env`` (no uvicorn), with
+    the exit result: ``(result, reward or None)``. The options reaching ``create_app`` are left
+    on ``served_reward.options``.
+
+    >>> res, rm = served_reward(monkeypatch, ["-b", "fake", "--no-cache"], {})  # doctest: +SKIP
+    """
+    import os
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import fliprm.server
+    from fliprm.cli.main import _register, app
+
+    seen: dict = {}
+
+    def create_app(reward, options=None, **kw):
+        seen["options"] = {**(options.model_dump() if options is not None else {}), **kw}
+        return seen.setdefault("rm", reward)
+
+    monkeypatch.setattr(fliprm.server, "create_app", create_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: None)
+    _register()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLIPRM_")}
+    res = CliRunner().invoke(app, ["serve", *args], env={**base, **env})
+    served_reward.options = seen.get("options")  # type: ignore[attr-defined]
+    return res, seen.get("rm")
+
+
+def score_app():
+    """A typer app with only ``fliprm score`` (and a no-op, so typer keeps the subcommand).
+
+    >>> CliRunner().invoke(score_app(), ["score", "--help"]).exit_code  # doctest: +SKIP
+    0
+    """
+    import typer
+
+    from fliprm.cli import score as score_cli
+
+    app = typer.Typer()
+    score_cli.register(app)
+
+    @app.command()
+    def _noop() -> None:  # a second command keeps typer from collapsing to a single command
+        pass
+
+    return app

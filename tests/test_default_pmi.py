@@ -234,16 +234,16 @@ def test_demo_shows_why_an_explanation_is_missing(monkeypatch):
 def test_serve_on_a_server_without_logprobs_stops_at_start_naming_method_f1(monkeypatch):
     """The RL path: `fliprm serve` over a generic OpenAI-compatible judge refuses to start
     (exit 2, one line) instead of serving an error for every item."""
-    from test_serve_env import _served_reward
+    from helpers_fliprm import served_reward
 
     srv = OpenAIStandIn(lambda body: chat_reply(FLIP_REPLY), models={"data": []})
     try:
         args = ["-b", "openai:m", "--base-url", srv.url, "--no-cache"]
-        res, rm = _served_reward(monkeypatch, args, {})
+        res, rm = served_reward(monkeypatch, args, {})
         assert res.exit_code == 2 and rm is None, res.output
         lines = [x for x in res.output.splitlines() if x.strip()]
         assert len(lines) == 1 and "--method f1" in lines[0], res.output
-        res, rm = _served_reward(monkeypatch, [*args, "--method", "f1"], {})
+        res, rm = served_reward(monkeypatch, [*args, "--method", "f1"], {})
         assert res.exit_code == 0 and rm.config.method == "f1", res.output
     finally:
         srv.close()
@@ -252,8 +252,8 @@ def test_serve_on_a_server_without_logprobs_stops_at_start_naming_method_f1(monk
 def test_serve_starts_while_its_judge_server_is_still_down(monkeypatch):
     """An upstream that cannot be reached yet (a vLLM still loading) is not a start error:
     /health and each item say so until it is up, as before."""
-    from test_serve_env import _served_reward
+    from helpers_fliprm import served_reward
 
-    res, rm = _served_reward(monkeypatch, ["-b", "openai:m", "--base-url",
+    res, rm = served_reward(monkeypatch, ["-b", "openai:m", "--base-url",
                                            "http://127.0.0.1:9/v1", "--no-cache"], {})
     assert res.exit_code == 0 and rm is not None, res.output

@@ -330,14 +330,14 @@ def test_cli_demo_eval_rerank_start_from_the_default(built, tmp_path):
 
 
 def test_cli_serve_starts_from_the_default(built, monkeypatch):
-    from test_serve_env import _served_reward
+    from helpers_fliprm import served_reward
 
-    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache"], {})
+    res, rm = served_reward(monkeypatch, ["-b", "fake", "--no-cache"], {})
     assert res.exit_code == 0, res.output
     assert _is_default(rm.config) and rm.config == RewardConfig.preset("rl", backend="fake")
-    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--method", "f1"], {})
+    res, rm = served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--method", "f1"], {})
     assert res.exit_code == 0 and (rm.config.method, rm.config.mask_echo) == ("f1", True)
-    res, rm = _served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--preset", "paper"], {})
+    res, rm = served_reward(monkeypatch, ["-b", "fake", "--no-cache", "--preset", "paper"], {})
     assert res.exit_code == 0 and rm.config == RewardConfig.preset("paper", backend="fake")
 
 

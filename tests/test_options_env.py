@@ -36,9 +36,9 @@ def _deprecations(record: list[warnings.WarningMessage]) -> list[str]:
 def test_ray_flags_keep_their_names_and_defaults() -> None:
     import typer.main
 
-    from test_ray import _score_app
+    from helpers_fliprm import score_app
 
-    cmd = typer.main.get_command(_score_app()).commands["score"]  # type: ignore[attr-defined]
+    cmd = typer.main.get_command(score_app()).commands["score"]  # type: ignore[attr-defined]
     opts = {o: p for p in cmd.params for o in getattr(p, "opts", [])}
     for flag in ("--ray-address", "--actors", "--cpus-per-actor", "--batch-size", "--shard-size"):
         assert flag in opts and opts[flag].default is None, flag  # unset unless given
@@ -64,7 +64,7 @@ def _run_ray_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str
 
     import fliprm.scale._ray as ray_mod
     from fliprm.scale import RaySummary
-    from test_ray import _score_app
+    from helpers_fliprm import score_app
 
     seen: dict[str, Any] = {}
 
@@ -74,7 +74,7 @@ def _run_ray_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str
 
     monkeypatch.setattr(ray_mod, "_import_ray", lambda: object())
     monkeypatch.setattr(ray_mod, "_run", fake_run)
-    res = CliRunner().invoke(_score_app(), ["score", str(_pairs(tmp_path)), "-o",
+    res = CliRunner().invoke(score_app(), ["score", str(_pairs(tmp_path)), "-o",
                                             str(tmp_path / "out"), "--ray", "-b", "fake", *args])
     assert res.exit_code == 0, res.output
     return seen

@@ -17,7 +17,7 @@ from fliprm.batch import Fields, score_file
 from fliprm.config import RewardConfig, RuntimeOptions
 from fliprm.scale import plan_shards, shard_path
 from fliprm.scale._shards import read_shard
-from helpers_fliprm import OpenAIStandIn, chat_reply
+from helpers_fliprm import OpenAIStandIn, chat_reply, score_app
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -219,25 +219,10 @@ def test_one_actor_per_replica_url_over_http(local_ray, tmp_path):
 # ---- the CLI: fliprm score --ray ----------------------------------------------------------------
 
 
-def _score_app():
-    import typer
-
-    from fliprm.cli import score as score_cli
-
-    app = typer.Typer()
-    score_cli.register(app)
-
-    @app.command()
-    def _noop() -> None:  # a second command keeps typer from collapsing to a single command
-        pass
-
-    return app
-
-
 def _invoke(args: list[str]):
     from typer.testing import CliRunner
 
-    return CliRunner().invoke(_score_app(), ["score", *args])
+    return CliRunner().invoke(score_app(), ["score", *args])
 
 
 def test_cli_ray_flags_reach_score_file_ray(tmp_path, monkeypatch):
