@@ -71,7 +71,7 @@ async def test_reward_router_address_is_called_as_openai_chat(monkeypatch):
     """With verl's router, the judge is POSTed OpenAI chat JSON at http://{addr}/v1/chat/completions."""
     set_reward(None)
     # the F1 path, which is a chat call (pmi, the RL default, is a completions call:
-    # tests/test_vllm_protocol.py)
+    # tests/backends/test_openai_vllm.py)
     monkeypatch.setenv("FLIPRM_METHOD", "f1")
     seen = []
 

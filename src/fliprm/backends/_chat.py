@@ -2,7 +2,7 @@
 
 Both the embedded backend (llama.cpp's server loop called in-process) and the HTTP backend build
 request bodies and read replies here, so the two never drift apart. What vLLM does with each
-field was checked against a real vLLM 0.32 server (tests/vllm, tests/fixtures/vllm).
+field was checked against a real vLLM 0.32 server (tests/real_vllm, tests/fixtures/vllm).
 """
 
 from __future__ import annotations

@@ -15,20 +15,19 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fliprm import FlipReward
-from helpers_fliprm import OpenAIStandIn
 from fliprm._types import FLIP_REASONING_MAX_CHARS, GenerateRequest
 from fliprm.backends._chat import build_body, read_reply
 from fliprm.backends.openai import OpenAIBackend, span_logprobs
 from fliprm.errors import BadResponse
 from fliprm.methods import _STRING_TAIL, INSTRUCTION_KEY
+from helpers_fliprm import FIXTURES, OpenAIStandIn
 
-FIX = Path(__file__).parent / "fixtures" / "vllm"
+FIX = FIXTURES / "vllm"
 PREFIX = '{"' + INSTRUCTION_KEY + '": "'
 
 
