@@ -14,8 +14,7 @@ from fliprm.cli import eval as eval_cli
 from fliprm.cli import rerank as rerank_cli
 from fliprm.cli import score as score_cli
 from fliprm.cli._progress import RunProgress
-
-FIX = Path(__file__).parent / "fixtures"
+from helpers_fliprm import FIXTURES as FIX
 
 
 def _app() -> typer.Typer:

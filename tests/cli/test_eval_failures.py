@@ -22,8 +22,8 @@ from fliprm.cli import rerank as rerank_cli
 from fliprm.engine import Engine
 from fliprm.errors import BackendUnavailable
 from fliprm.records import read_records
+from helpers_fliprm import FIXTURES as FIX
 
-FIX = Path(__file__).parent / "fixtures"
 RB2 = FIX / "rb2_tiny.jsonl"  # default subsets: 2 Focus + 1 Math items, 4 answers each
 BON = FIX / "bon_tiny.jsonl"  # 3 rows, 4 candidates each
 
