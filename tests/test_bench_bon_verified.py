@@ -114,7 +114,7 @@ def test_scores_resumes_refuses_and_reports(bench, results, calls, capsys):
         return [s["curve"][m][k][i] for k in
                 ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")]
 
-    # picks 3, 0, 1 (by hand from the fixture's verdicts, as in test_rerank_verifier)
+    # picks 3, 0, 1 (by hand from the fixture's verdicts, as in tests/eval/test_bon_verdicts.py)
     assert rates("flip-short") == rates("pointwise") == pytest.approx([1 / 3, 2 / 3, 4 / 6, 5 / 6])
     assert rates("longest") == pytest.approx([0, 1 / 3, 3 / 6, 4 / 6])
     assert rates("random") == pytest.approx([1 / 3, 1.25 / 3, 3.75 / 6, 4 / 6])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import typer
@@ -17,12 +16,13 @@ from fliprm.errors import ConfigError, InputError
 from fliprm.eval._common import judge_factory
 from fliprm.eval.best_of_n import arerank, load_rows, pool_sizes, summarize_bon
 from fliprm.judges import FlipJudge, LongestJudge, PointwiseJudge
+from helpers_fliprm import FIXTURES
 
 #: the plots come with the eval extra (matplotlib); without it the reports are text only
 HAS_PLOTS = importlib.util.find_spec("matplotlib") is not None
 HAS_PARQUET = importlib.util.find_spec("pyarrow") is not None
 
-BON = Path(__file__).parent / "fixtures" / "bon_tiny.jsonl"
+BON = FIXTURES / "bon_tiny.jsonl"
 
 
 def test_load_rows_fields_and_errors(tmp_path):
@@ -142,7 +142,7 @@ def test_flip_template_option_reaches_the_judge():
 
 
 def test_cli_eight_candidates_curve_over_1_2_4_8_against_random_and_oracle(tmp_path):
-    bon8 = Path(__file__).parent / "fixtures" / "bon8_tiny.jsonl"
+    bon8 = FIXTURES / "bon8_tiny.jsonl"
     out = tmp_path / "bon8"
     res = CliRunner().invoke(_app(), ["rerank", str(bon8), "--label-field", "preference",
                                       "--methods", "flip,longest", "--backend", "fake",

@@ -23,13 +23,13 @@ from fliprm.eval.rb2_report import summarize, write_report
 from fliprm.eval.rb2_scoring import item_credit, prompt_stats, ties_score
 from fliprm.eval.rewardbench2 import arun_rewardbench2
 from fliprm.records import read_records
+from helpers_fliprm import FIXTURES as FIX
 from helpers_fliprm import Borrowed
 
 #: the plots come with the eval extra (matplotlib); without it the reports are text only
 HAS_PLOTS = importlib.util.find_spec("matplotlib") is not None
 HAS_PARQUET = importlib.util.find_spec("pyarrow") is not None
 
-FIX = Path(__file__).parent / "fixtures"
 PARQUET, JSONL = FIX / "rb2_tiny.parquet", FIX / "rb2_tiny.jsonl"
 
 

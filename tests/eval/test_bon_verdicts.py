@@ -4,7 +4,6 @@ pass rates of each method's pick beside longest / random / oracle, end to end wi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import typer
@@ -15,8 +14,7 @@ pytest.importorskip("if_verifiable", reason="the verify extra: pip install 'flip
 from fliprm.backends import fake
 from fliprm.cli import rerank as rerank_cli
 from fliprm.eval.bon_verdicts import summarize_verified
-
-FIX = Path(__file__).parent / "fixtures"
+from helpers_fliprm import FIXTURES as FIX
 
 #: the candidate each scripted judge prefers, per row (by a phrase only that candidate has)
 GOOD = {

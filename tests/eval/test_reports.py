@@ -19,9 +19,9 @@ from fliprm.cli import rerank as rerank_cli
 from fliprm.eval.bon_report import write_bon_report
 from fliprm.eval.provenance import DRY_RUN, run_info
 from fliprm.eval.rb2_report import write_report
+from helpers_fliprm import FIXTURES as FIX
 
 HAS_PLOTS = importlib.util.find_spec("matplotlib") is not None
-FIX = Path(__file__).parent / "fixtures"
 FIRST = f"**{DRY_RUN}.**"
 
 
