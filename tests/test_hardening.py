@@ -4,7 +4,7 @@ loses or mixes data, and cache keys name everything that changes an answer.
 Regression tests for what a policy (or an unlucky user) did to fliprm: chat tokens and fake
 answers inside responses, a lone surrogate in a message role, two writers on one output, bad
 Ray shards and plans, a garbage model file named like the real one, and a cached answer served
-for another ``extra_body``. The server's own hardening is in tests/test_server_hardening.py.
+for another ``extra_body``. The server's own hardening is in tests/server/test_server_hardening.py.
 """
 
 from __future__ import annotations
