@@ -125,7 +125,9 @@ def test_the_embedded_backends_own_http_calls_have_a_total_deadline(tmp_path, mo
         took_count = time.monotonic() - t0
     finally:
         srv.close()
-    assert took <= 1.5 * 1.1 and took_count <= 1.5 * 1.1, (took, took_count)
+    # the deadline is total: without it the trickle runs to GUARD_S (10 s); 0.5 s of slack
+    # for a loaded machine (a CI run under two model jobs measured 1.67 s)
+    assert took <= 1.5 + 0.5 and took_count <= 1.5 + 0.5, (took, took_count)
 
 
 # ---- identity of an HTTP judge -------------------------------------------------------------------
