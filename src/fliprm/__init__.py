@@ -1,8 +1,8 @@
 """fliprm: FLIP reward models. Score a response by inferring the instruction behind it.
 
 >>> from fliprm import f1_score
->>> f1_score("Name the capital of France.", "What is the capital of France?").f1
-0.5
+>>> round(f1_score("Name the capital of France.", "What is the capital of France?").f1, 3)
+0.667
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def truncate_middle(text: str, max_chars: int) -> tuple[str, bool]:
     The head carries what the answer is about; the tail carries its conclusion and any closing
     format, which the instruction often constrains.
 
-    >>> truncate_middle("abcdefghij", 8)
-    ('abcd\\n[...]\\nj', True)
+    >>> truncate_middle("abcdefghijklmnop", 13)
+    ('abcd\\n[...]\\nop', True)
     """
     if max_chars <= 0 or len(text) <= max_chars:
         return text, False

@@ -123,7 +123,7 @@ def _finite(obj: object) -> object:
 
 
 def strict_json(obj: object) -> str:
-    """JSON that every parser reads: NaN and infinities become ``null`` (Python's default
+    r"""JSON that every parser reads: NaN and infinities become ``null`` (Python's default
     writes ``NaN``, which is not JSON).
 
     >>> strict_json({"accuracy": float("nan"), "n": [1.5, float("inf")]})
