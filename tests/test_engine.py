@@ -124,3 +124,22 @@ def test_every_caller_builds_its_engine_from_runtime(tmp_path, monkeypatch):
     assert make("pairwise", 0).engine is make("flip", 0).reward.engine
     assert make("listwise", 0).engine.cache is not None
     assert built == [7, 7, 7, 7]
+
+
+def test_no_default_deadline_is_a_capability_of_in_process_backends_not_a_name():
+    """A registered in-process backend (a plugin) gets no default deadline like the embedded
+    model (a deadline cannot stop its thread); a remote one named "embedded" gets one."""
+
+    class InProcess(FakeBackend):
+        name = "toy-local"
+        in_process = True
+
+    class Remote(FakeBackend):
+        name = "embedded"
+
+    assert Engine.from_runtime(InProcess([]), RuntimeOptions()).total_timeout is None
+    assert Engine.from_runtime(Remote([]), RuntimeOptions()).total_timeout == \
+        RuntimeOptions().deadline_s
+    from fliprm.backends.embedded import EmbeddedBackend
+
+    assert EmbeddedBackend.in_process is True

@@ -106,10 +106,10 @@ class Engine:
             cache = ResponseCache(cache)
         elif cache is None and runtime.cache:
             cache = ResponseCache(runtime.cache)
-        # Every call gets a finite deadline by default, except on the in-process model: its
+        # Every call gets a finite deadline by default, except on an in-process model: its
         # work runs in a thread that a deadline cannot stop (it would only pile up behind it).
         total = runtime.total_timeout
-        if total is None and backend.name != "embedded":
+        if total is None and not getattr(backend, "in_process", False):
             # derived from the backend's own per-attempt timeout where it has one
             attempt = getattr(backend, "timeout", None) or runtime.timeout
             total = runtime.model_copy(update={"timeout": attempt}).deadline_s

@@ -25,6 +25,8 @@ class Backend(Protocol):
     max_concurrency: int
     supports_json_schema: bool
     supports_forced_decoding: bool
+    # Optional ``in_process: bool`` (default False): the model runs in this process's threads,
+    # which a deadline cannot stop, so the Engine gives its calls no default total deadline.
 
     @property
     def cache_identity(self) -> dict[str, object]:

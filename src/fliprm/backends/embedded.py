@@ -92,6 +92,8 @@ class EmbeddedBackend:
     name = "embedded"
     supports_json_schema = True
     supports_forced_decoding = True
+    #: the model runs in this process (see :meth:`fliprm.engine.Engine.from_runtime`)
+    in_process = True
     #: slots when none are asked for (see ``n_parallel``)
     DEFAULT_PARALLEL = 4
 
