@@ -230,6 +230,48 @@ def report_set(name: str, pools: list[dict[str, Any]], results: Path, rows: list
     return "\n".join([*lines, verified_markdown(s, items_per_s=rates)]), s
 
 
+def by_instruction(name: str, pools: list[dict[str, Any]], results: Path, rows: list[str],
+                   seed: int = 0) -> str:
+    """Which constraints a pick follows: per instruction group (the id before ``:``, e.g.
+    ``length_constraints``), how often each row's pick out of N follows an instruction of that
+    group (strict), beside random (the pool's mean) and the pool's best; same ties rule as the
+    table (a seeded choice among the top scores)."""
+    import random as _random
+
+    from fliprm.judges import top_indices
+
+    verdicts, _ = _verdicts(pools, name)
+    scores = {row: _read_scores(_score_path(results, row, name)) for row in rows}
+    groups: dict[str, dict[str, list[float]]] = {}
+    for p in pools:
+        ids = [f"{p['key']}|{k}" for k in range(len(p["responses"]))]
+        if p["key"] not in verdicts or not all(i in scores[r] for r in rows for i in ids):
+            continue
+        v = verdicts[p["key"]]
+        picks = {}
+        for row in rows:
+            top = top_indices([scores[row][i]["score"] for i in ids])
+            picks[row] = top[0] if len(top) == 1 else _random.Random(
+                f"{seed}|{p['key']}|{len(ids)}").choice(top)
+        lengths = [len(r) for r in p["responses"]]
+        picks["longest"] = lengths.index(max(lengths))
+        for j, inst in enumerate(p["instruction_id_list"]):
+            g = groups.setdefault(inst.split(":")[0], {})
+            outs = [float(c["inst_strict"][j]) for c in v]
+            g.setdefault("random", []).append(sum(outs) / len(outs))
+            g.setdefault("oracle", []).append(max(outs))
+            for row, k in picks.items():
+                g.setdefault(row, []).append(outs[k])
+    cols = [*rows, "longest", "random", "oracle"]
+    lines = [f"### {name}: instruction-level strict pass rate of the pick, by instruction group",
+             "", "| group | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for g in sorted(groups, key=lambda g: -len(groups[g]["random"])):
+        d = groups[g]
+        cells = [f"{100 * sum(d[c]) / len(d[c]):.0f}" for c in cols]
+        lines.append(f"| {g} | {len(d['random'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="ifeval,ifbench")
@@ -243,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
     ap.add_argument("--seed", type=int, default=0, help="tie-break seed")
     ap.add_argument("--report", action="store_true", help="print the table, score nothing")
+    ap.add_argument("--by-instruction", action="store_true",
+                    help="with --report: pass rates per instruction group (which constraints "
+                    "each pick follows)")
     a = ap.parse_args(argv)
     sets = [s.strip() for s in a.sets.split(",") if s.strip()]
     rows = [r.strip() for r in a.rows.split(",") if r.strip()]
@@ -255,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.report:
             text, s = report_set(name, pools, a.results, rows, seed=a.seed)
             print(text)
+            if a.by_instruction:
+                print(by_instruction(name, pools, a.results, rows, seed=a.seed))
             (a.results / f"report-{name}.json").write_text(strict_json(s), encoding="utf-8")
             continue
         asyncio.run(score_sets(rows, name, pools, a.results, backend=a.backend,
