@@ -315,3 +315,21 @@ def test_leaderboard_counts_the_failed_records(tmp_path, backend):
     head, rows = _md_rows(res.output, "| # | method | data | mean label")
     assert head[-1] == "failed"
     assert {r[1]: r[-1] for r in rows} == {"longest": "0", "pointwise": "3"}
+
+
+def test_eval_and_rerank_start_from_the_librarys_default_reward():
+    """Issue 20: every entry point starts from one default; eval's and rerank's default judge
+    is the one that scores with RewardConfig() (pmi + echo guard), F1 is `--methods flip`."""
+    import inspect
+
+    from fliprm.cli import eval as eval_cli
+    from fliprm.cli import rerank as rerank_cli
+    from fliprm.cli._eval_common import DEFAULT_JUDGE
+    from fliprm.config import RewardConfig
+    from fliprm.registry import method_spec
+
+    assert DEFAULT_JUDGE == method_spec(RewardConfig().method).judge
+    rerank_default = inspect.signature(rerank_cli.rerank).parameters["methods"].default
+    eval_default = inspect.signature(eval_cli.rewardbench2).parameters["methods"].default
+    assert rerank_default == DEFAULT_JUDGE
+    assert eval_default.split(",")[0] == DEFAULT_JUDGE

@@ -22,6 +22,10 @@ MethodsOpt = Annotated[str, typer.Option(
     "--methods", help=f"comma list of {','.join(JUDGES)} ("
     + "; ".join(f"{s.judge} = {s.help}" for s in method_specs() if s.help) + ")")]
 
+#: the judge that scores with the library's default reward (``RewardConfig()``: pmi + echo guard);
+#: ``eval`` and ``rerank`` start from it like every other entry point (tests check it matches)
+DEFAULT_JUDGE = "flip-pmi"
+
 SplitOpt = Annotated[str | None, typer.Option(
     "--split", help="Hugging Face dataset split, for a hub name or a save_to_disk folder")]
 HfConfigOpt = Annotated[str | None, typer.Option(

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import FlipError
+from ..eval.rewardbench2 import METHODS
 from . import _eval_common as common
 from ._config_options import CliSettings, fail
 from ._progress import MetricsOpt, RunProgress
@@ -30,7 +31,7 @@ def rewardbench2(
     subsets: Annotated[str | None, typer.Option(
         "--subsets", help="comma list (default: Focus,Factuality,Precise IF,Math; 'all' = every subset)")] = None,
     ties: Annotated[bool, typer.Option("--ties", help="add the Ties subset (weighted formula)")] = False,
-    methods: common.MethodsOpt = "flip,flip-likelihood,pointwise,pairwise,listwise,longest",
+    methods: common.MethodsOpt = ",".join(METHODS),
     runs: Annotated[int, typer.Option("--runs", help="repeat each method; run r uses seed+r")] = 1,
     run_seed: Annotated[int, typer.Option("--run-seed", help="seed of run 0 (shuffles, tie-breaks)")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="first N items of each subset")] = None,

@@ -24,7 +24,7 @@ def rerank(
         help="JSONL or parquet, a datasets save_to_disk folder or a Hugging Face dataset "
         "name: one prompt + candidates per row")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("runs/rerank"),
-    methods: common.MethodsOpt = "flip",
+    methods: common.MethodsOpt = common.DEFAULT_JUDGE,
     prompt_field: Annotated[str, typer.Option("--prompt-field")] = "prompt",
     candidates_field: Annotated[str, typer.Option("--candidates-field")] = "candidates",
     id_field: Annotated[str, typer.Option("--id-field")] = "id",

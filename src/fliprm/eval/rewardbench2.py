@@ -31,7 +31,8 @@ from .rb2_scoring import item_credit
 __all__ = ["METHODS", "arun_rewardbench2", "record_key"]
 
 #: what `fliprm eval rewardbench2` runs by default (its --methods default)
-METHODS = ("flip", "flip-likelihood", "pointwise", "pairwise", "listwise", "longest")
+#: the default judges: the library's default reward first (flip-pmi), then the paper's F1
+METHODS = ("flip-pmi", "flip", "pointwise", "pairwise", "listwise", "longest")
 #: k^2 pairwise calls or one prompt holding 11-38 answers: too costly / too long for Ties
 NO_TIES = ("pairwise", "listwise")
 
