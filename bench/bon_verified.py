@@ -57,6 +57,9 @@ ROWS: dict[str, tuple[Callable[[str | None, RuntimeOptions], Judge], str]] = {
                 "FlipReward() as shipped (the library's default config)"),
     "flip-short": (lambda be, rt: FlipJudge(reward=FlipReward(
         be, config=RewardConfig(method="f1"), runtime=rt)), "word F1, instruction only"),
+    "pmi-min": (lambda be, rt: FlipJudge(reward=FlipReward(
+        be, config=RewardConfig(method="pmi-min"), runtime=rt)),
+        "the default with the worst-explained sentence's pmi instead of the mean"),
     "paper": (lambda be, rt: FlipJudge(reward=FlipReward(
         be, config=RewardConfig.preset("paper"), runtime=rt)), "the paper's reference path"),
     # the judge runs on the engine a default FlipReward builds (same backend, threads, retries)

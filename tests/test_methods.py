@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
 
@@ -44,3 +46,27 @@ def test_forced_calls_sharing_a_response_run_one_after_another_and_others_in_par
     assert backend.peak["sleeping well"] == backend.peak["autumn leaves"] == 1, backend.peak
     # different responses (and the baselines) still overlap
     assert backend.peak_all >= 2
+
+
+def test_pmi_min_scores_the_worst_explained_sentence():
+    """pmi-min: the same forced calls as pmi, the reward from the lowest per-sentence pmi."""
+    import math
+
+    from fliprm import FlipReward
+    from fliprm.config import RewardConfig
+
+    instr = "Describe ocean waves. Reply using zebra quartz lexicon."
+    both = "Ocean waves roll in. I reply using zebra quartz lexicon words."
+    first = "Ocean waves roll in and describe the tide."
+    with FlipReward("fake", config=RewardConfig(method="pmi-min", mask_echo=False)) as rm:
+        r_both, r_first = rm.score([instr, instr], [both, first])
+    with FlipReward("fake", config=RewardConfig(method="pmi", mask_echo=False)) as rm:
+        p_first = rm.score([instr], [first])[0]
+    for r in (r_both, r_first):
+        assert r.error is None and len(r.extra["sentence_pmi"]) == 2
+        assert r.reward == pytest.approx(1 / (1 + math.exp(-min(r.extra["sentence_pmi"]))),
+                                         abs=1e-3)
+    # the answer that ignores the second sentence is scored by it, below its own mean pmi
+    assert r_first.extra["sentence_pmi"][1] < r_first.extra["sentence_pmi"][0]
+    assert r_first.extra["pmi"] == pytest.approx(p_first.extra["pmi"])
+    assert r_first.reward < p_first.reward and r_first.reward < r_both.reward

@@ -86,7 +86,7 @@ def _cli(*args: str):
 
 
 def test_builtin_methods_and_backends_are_registered_with_their_capabilities():
-    assert method_names() == ["f1", "likelihood", "pmi"]
+    assert method_names() == ["f1", "likelihood", "pmi", "pmi-min"]
     f1, pmi = method_spec("f1"), method_spec("pmi")
     assert (f1.needs_logprobs, f1.supports_samples, f1.generates, f1.judge) == (False, True, True, "flip")
     assert (pmi.needs_logprobs, pmi.supports_samples, pmi.judge) == (True, False, "flip-pmi")
@@ -117,7 +117,7 @@ def test_builtin_fingerprints_are_unchanged_byte_for_byte():
 def test_unknown_names_are_one_line_errors_naming_the_registered_ones(toys):
     with pytest.raises(ConfigError) as e:
         RewardConfig(method="nope")
-    assert str(e.value) == "method: unknown method 'nope'; registered: f1, length, likelihood, pmi"
+    assert str(e.value) == "method: unknown method 'nope'; registered: f1, length, likelihood, pmi, pmi-min"
     with pytest.raises(ConfigError) as e:
         RewardConfig(backend="nope")
     assert str(e.value) == ("backend: unknown backend 'nope'; use embedded, embedded:NAME, "
@@ -216,12 +216,12 @@ def test_json_schema_and_cli_flags_list_the_registered_methods(toys):
     from fliprm.cli._config_options import _params
 
     assert RewardConfig.model_json_schema()["properties"]["method"]["enum"] == [
-        "f1", "length", "likelihood", "pmi"]
+        "f1", "length", "likelihood", "pmi", "pmi-min"]
     params = {p.name: p for p in _params(RewardConfig, ())}
     method_help = params["method"].annotation.__metadata__[0].help
     assert method_help.startswith("pmi (default: the instruction's log-likelihood")
     assert "length (len(response) / (1 + len(response)))" in method_help
-    assert "[f1|length|likelihood|pmi]" in method_help
+    assert "[f1|length|likelihood|pmi|pmi-min]" in method_help
     backend_help = params["backend"].annotation.__metadata__[0].help
     assert "fake (scripted dry run) | toy (a FakeBackend under another name)" in backend_help
 

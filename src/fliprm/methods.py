@@ -37,7 +37,8 @@ from .result import FlipResult
 from .similarity import F1, get_similarity
 from .templates import Template
 
-__all__ = ["F1Method", "Item", "LikelihoodMethod", "Method", "PMIMethod", "Runner", "get_method"]
+__all__ = ["F1Method", "Item", "LikelihoodMethod", "Method", "PMIMethod", "PMIMinMethod", "Runner",
+           "get_method"]
 
 INSTRUCTION_KEY = "INFERRED INSTRUCTION"
 
@@ -287,6 +288,16 @@ class LikelihoodMethod:
             return await self._forced(runner, item)
 
     async def _forced(self, runner: Runner, item: Item) -> tuple[FlipResult, float | None]:
+        res, tokens = await self._forced_tokens(runner, item)
+        if tokens is None:
+            return res, None
+        return res, sum(lp for _, lp in tokens) / len(tokens)
+
+    async def _forced_tokens(
+        self, runner: Runner, item: Item
+    ) -> tuple[FlipResult, list[tuple[str, float]] | None]:
+        """One forced call: its result (cost, errors) and the instruction's tokens with their
+        log-probabilities (None on an error)."""
         forced = json.dumps(item.instruction, ensure_ascii=False)[1:-1]
         cfg = self.config
 
@@ -301,13 +312,13 @@ class LikelihoodMethod:
         res = FlipResult(reward=None, raw_output=comp.text, method=self.name,
                          prompt_tokens=comp.prompt_tokens,
                          completion_tokens=comp.completion_tokens, cached=comp.from_cache)
-        used = forced_logprobs(comp, forced)
+        used = forced_tokens(comp, forced)
         if not used:
             res.error = f"{item.where}: {self.name}: the backend returned no token log-probabilities"
             res.error_kind = "backend"
             return res, None
         res.extra["forced_tokens"] = len(used)
-        return res, sum(used) / len(used)
+        return res, used
 
     async def run(self, runner: Runner, item: Item) -> FlipResult:
         res, mean = await self._mean_logprob(runner, item)
@@ -400,6 +411,82 @@ class PMIMethod(LikelihoodMethod):
         return res
 
 
+@register_method("pmi-min", needs_logprobs=True,
+                 help="pmi of the instruction's worst-explained sentence (experimental)")
+class PMIMinMethod(LikelihoodMethod):
+    """pmi per sentence of the instruction, reward = sigmoid of the lowest (experimental).
+
+    The mean over all tokens lets a topic every sample matches outweigh a requirement one
+    sample ignores ("... in all lowercase."): a response that leaves one part of its
+    instruction unexplained should score as that part, not as the average. The tokens and
+    both forced calls are those of :class:`PMIMethod` (no extra model call); a sentence ends
+    after ``.``, ``!``, ``?`` or a newline, and pieces of fewer than :data:`MIN_TOKENS` tokens
+    join the sentence before them (list numbers, "e.g.").
+
+    >>> PMIMinMethod.segments(["Write", " a", " poem", ".", " Use", " no", " commas", "."])
+    [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
+
+    name = "pmi-min"
+    MIN_TOKENS = 3
+    MEMO_SIZE = PMIMethod.MEMO_SIZE
+
+    def __init__(self, config: RewardConfig) -> None:
+        super().__init__(config)
+        self._memo: OrderedDict[tuple[str, str | None, str], list[float]] = OrderedDict()
+
+    @classmethod
+    def segments(cls, pieces: list[str]) -> list[list[int]]:
+        out: list[list[int]] = [[]]
+        for i, piece in enumerate(pieces):
+            out[-1].append(i)
+            ends = piece.rstrip().endswith((".", "!", "?")) or "\\n" in piece or "\n" in piece
+            if ends and i + 1 < len(pieces):
+                out.append([])
+        merged: list[list[int]] = []
+        for seg in out:
+            if merged and len(seg) < cls.MIN_TOKENS:
+                merged[-1].extend(seg)
+            elif seg:
+                merged.append(seg)
+        return merged
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        async with self._same_prompt.hold((item.template.sha256, item.context, item.response)):
+            res, tokens = await self._forced_tokens(runner, item)
+        if tokens is None:
+            return res
+        key = (item.template.sha256, item.context, item.instruction)
+        base = self._memo.get(key)
+        if base is None:
+            null, null_tokens = await self._forced_tokens(runner, replace(item, response=""))
+            res.prompt_tokens += null.prompt_tokens
+            res.completion_tokens += null.completion_tokens
+            res.cached = res.cached and null.cached
+            if null_tokens is None:
+                res.error, res.error_kind = null.error, null.error_kind
+                return res
+            base = [lp for _, lp in null_tokens]
+            self._memo[key] = base
+            if len(self._memo) > self.MEMO_SIZE:
+                self._memo.popitem(last=False)
+        cond = [lp for _, lp in tokens]
+        if len(base) != len(cond):  # a different tokenization at the prefix: one segment
+            segs = [list(range(len(cond)))]
+            base = [sum(base) / len(base)] * len(cond)
+        else:
+            segs = self.segments([p for p, _ in tokens])
+        pmis = [sum(cond[i] - base[i] for i in seg) / len(seg) for seg in segs]
+        worst = min(pmis)
+        res.logprob = sum(cond) / len(cond)
+        res.reward = 1.0 / (1.0 + math.exp(-worst))
+        res.parse_ok = True
+        res.extra["pmi"] = sum(cond[i] - base[i] for i in range(len(cond))) / len(cond)
+        res.extra["sentence_pmi"] = [round(x, 4) for x in pmis]
+        await self._explain(runner, item, res)
+        return res
+
+
 class KeyedLocks:
     """One :class:`asyncio.Lock` per key and event loop, dropped when nobody holds or waits.
 
@@ -431,17 +518,22 @@ class KeyedLocks:
                 self._locks[k] = (lock, users - 1)
 
 
-def forced_logprobs(comp: Completion, forced: str) -> list[float]:
-    """The log-probabilities of the tokens that spell ``forced`` (the closing ``"}`` and the
-    end-of-turn token are not part of the instruction)."""
-    used: list[float] = []
+def forced_tokens(comp: Completion, forced: str) -> list[tuple[str, float]]:
+    """The tokens that spell ``forced`` with their log-probabilities (the closing ``"}`` and
+    the end-of-turn token are not part of the instruction)."""
+    used: list[tuple[str, float]] = []
     seen = 0
     for tok, lp in comp.token_logprobs or []:
         if seen >= len(forced):
             break
-        used.append(lp)
+        used.append((tok, lp))
         seen += len(tok)
     return used
+
+
+def forced_logprobs(comp: Completion, forced: str) -> list[float]:
+    """The log-probabilities of the tokens that spell ``forced`` (see :func:`forced_tokens`)."""
+    return [lp for _, lp in forced_tokens(comp, forced)]
 
 
 def get_method(config: RewardConfig) -> Method:

@@ -18,7 +18,7 @@ the RL adapters see the same names.
 >>> method_spec("nope")
 Traceback (most recent call last):
 ...
-fliprm.errors.ConfigError: unknown method 'nope'; registered: f1, likelihood, pmi
+fliprm.errors.ConfigError: unknown method 'nope'; registered: f1, likelihood, pmi, pmi-min
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def method_names() -> list[str]:
     """Registered method names, sorted.
 
     >>> method_names()
-    ['f1', 'likelihood', 'pmi']
+    ['f1', 'likelihood', 'pmi', 'pmi-min']
     """
     return sorted(s.name for s in method_specs())
 
