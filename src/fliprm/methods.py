@@ -380,40 +380,56 @@ class PMIMethod(LikelihoodMethod):
 
     def __init__(self, config: RewardConfig) -> None:
         super().__init__(config)
-        self._memo: OrderedDict[tuple[str, str | None, str], float] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, str | None, str], list[float]] = OrderedDict()
 
-    async def run(self, runner: Runner, item: Item) -> FlipResult:
-        res, mean = await self._mean_logprob(runner, item)
-        if mean is None:
-            return res
+    async def _baseline(self, runner: Runner, item: Item, res: FlipResult) -> list[float] | None:
+        """The instruction's token log-probabilities after an empty response (memoised per
+        instruction and template); its cost is added to ``res``, an error is set on it."""
         key = (item.template.sha256, item.context, item.instruction)
         base = self._memo.get(key)
         if base is None:
             # concurrent items with one instruction also share the call: the engine merges
             # identical requests in flight
-            null, base = await self._forced(runner, replace(item, response=""))
+            null, tokens = await self._forced_tokens(runner, replace(item, response=""))
             res.prompt_tokens += null.prompt_tokens
             res.completion_tokens += null.completion_tokens
             res.cached = res.cached and null.cached
-            if base is None:
+            if tokens is None:
                 res.error, res.error_kind = null.error, null.error_kind
-                return res
-            self._memo[key] = base
+                return None
+            base = self._memo[key] = [lp for _, lp in tokens]
             if len(self._memo) > self.MEMO_SIZE:
                 self._memo.popitem(last=False)
-        pmi = mean - base
+        return base
+
+    def _pmi(self, tokens: list[tuple[str, float]], base: list[float],
+             res: FlipResult) -> float:
+        """The pmi the reward is the sigmoid of: mean log p(x | y) minus mean log p(x | empty)."""
+        base_mean = sum(base) / len(base)
+        res.extra["baseline_logprob"] = base_mean
+        return sum(lp for _, lp in tokens) / len(tokens) - base_mean
+
+    async def run(self, runner: Runner, item: Item) -> FlipResult:
+        async with self._same_prompt.hold((item.template.sha256, item.context, item.response)):
+            res, tokens = await self._forced_tokens(runner, item)
+        if tokens is None:
+            return res
+        base = await self._baseline(runner, item, res)
+        if base is None:
+            return res
+        mean = sum(lp for _, lp in tokens) / len(tokens)
         res.logprob = mean
-        res.reward = 1.0 / (1.0 + math.exp(-pmi))
+        res.extra["pmi"] = mean - sum(base) / len(base)
+        score = self._pmi(tokens, base, res)
+        res.reward = 1.0 / (1.0 + math.exp(-score))
         res.parse_ok = True
-        res.extra["pmi"] = pmi
-        res.extra["baseline_logprob"] = base
         await self._explain(runner, item, res)
         return res
 
 
 @register_method("pmi-min", needs_logprobs=True,
                  help="pmi of the instruction's worst-explained sentence (experimental)")
-class PMIMinMethod(LikelihoodMethod):
+class PMIMinMethod(PMIMethod):
     """pmi per sentence of the instruction, reward = sigmoid of the lowest (experimental).
 
     The mean over all tokens lets a topic every sample matches outweigh a requirement one
@@ -429,11 +445,6 @@ class PMIMinMethod(LikelihoodMethod):
 
     name = "pmi-min"
     MIN_TOKENS = 3
-    MEMO_SIZE = PMIMethod.MEMO_SIZE
-
-    def __init__(self, config: RewardConfig) -> None:
-        super().__init__(config)
-        self._memo: OrderedDict[tuple[str, str | None, str], list[float]] = OrderedDict()
 
     @classmethod
     def segments(cls, pieces: list[str]) -> list[list[int]]:
@@ -451,40 +462,16 @@ class PMIMinMethod(LikelihoodMethod):
                 merged.append(seg)
         return merged
 
-    async def run(self, runner: Runner, item: Item) -> FlipResult:
-        async with self._same_prompt.hold((item.template.sha256, item.context, item.response)):
-            res, tokens = await self._forced_tokens(runner, item)
-        if tokens is None:
-            return res
-        key = (item.template.sha256, item.context, item.instruction)
-        base = self._memo.get(key)
-        if base is None:
-            null, null_tokens = await self._forced_tokens(runner, replace(item, response=""))
-            res.prompt_tokens += null.prompt_tokens
-            res.completion_tokens += null.completion_tokens
-            res.cached = res.cached and null.cached
-            if null_tokens is None:
-                res.error, res.error_kind = null.error, null.error_kind
-                return res
-            base = [lp for _, lp in null_tokens]
-            self._memo[key] = base
-            if len(self._memo) > self.MEMO_SIZE:
-                self._memo.popitem(last=False)
+    def _pmi(self, tokens: list[tuple[str, float]], base: list[float],
+             res: FlipResult) -> float:
         cond = [lp for _, lp in tokens]
-        if len(base) != len(cond):  # a different tokenization at the prefix: one segment
-            segs = [list(range(len(cond)))]
-            base = [sum(base) / len(base)] * len(cond)
-        else:
-            segs = self.segments([p for p, _ in tokens])
-        pmis = [sum(cond[i] - base[i] for i in seg) / len(seg) for seg in segs]
-        worst = min(pmis)
-        res.logprob = sum(cond) / len(cond)
-        res.reward = 1.0 / (1.0 + math.exp(-worst))
-        res.parse_ok = True
-        res.extra["pmi"] = sum(cond[i] - base[i] for i in range(len(cond))) / len(cond)
+        if len(base) != len(cond):  # another tokenization at the prefix: one sentence
+            return super()._pmi(tokens, base, res)
+        res.extra["baseline_logprob"] = sum(base) / len(base)
+        pmis = [sum(cond[i] - base[i] for i in seg) / len(seg)
+                for seg in self.segments([p for p, _ in tokens])]
         res.extra["sentence_pmi"] = [round(x, 4) for x in pmis]
-        await self._explain(runner, item, res)
-        return res
+        return min(pmis)
 
 
 class KeyedLocks:
