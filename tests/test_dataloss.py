@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from fliprm import FlipReward
@@ -18,7 +17,7 @@ from fliprm.backends.fake import FakeBackend
 from fliprm.batch import score_file
 from fliprm.cache import ResponseCache
 from fliprm.records import OutputError, manifest_path
-from helpers_fliprm import shown_response
+from helpers_fliprm import score_app, shown_response
 
 
 def echo_backend() -> FakeBackend:
@@ -164,21 +163,8 @@ def test_a_cache_that_cannot_be_created_is_a_miss_not_a_failed_item(tmp_path, ca
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
-def _score_app() -> typer.Typer:
-    from fliprm.cli import score as score_cli
-
-    app = typer.Typer()
-    score_cli.register(app)
-
-    @app.command()
-    def _noop() -> None:  # a second command keeps typer from collapsing to a single command
-        pass
-
-    return app
-
-
 def _invoke(args: list, env: dict | None = None):
-    return CliRunner().invoke(_score_app(), ["score", *map(str, args)], env=env)
+    return CliRunner().invoke(score_app(), ["score", *map(str, args)], env=env)
 
 
 def test_cli_default_cache_in_an_uncreatable_folder_scores_without_a_cache(tmp_path):
