@@ -166,8 +166,9 @@ class RewardConfig(BaseModel):
     schema_mode: Literal["response_format", "json_schema", "off"] = opt(
         "response_format", "openai backend: how to ask for JSON output")
     likelihood_mode: Literal["auto", "forced", "prompt_logprobs"] = opt(
-        "auto", "openai backend, likelihood: the instruction forced token by token "
-        "(llama.cpp) or one request with prompt log-probabilities (vLLM); auto asks the server")
+        "auto", "likelihood and pmi: the instruction forced token by token (a llama.cpp "
+        "server) or its prompt log-probabilities in one pass (vLLM; the embedded model through "
+        "llama.cpp's library); auto takes the one pass where the backend has it")
     exact: bool = opt(False, "embedded model: reprocess every prompt from scratch, so an "
                       "item's reward does not depend on the item before it (slower)")
     n_ctx: int = opt(8192, "embedded model: context window in tokens")

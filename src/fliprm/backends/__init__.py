@@ -24,7 +24,8 @@ __all__ = ["Backend", "build_backend", "get_backend", "is_local_model"]
 def _local_options(config: RewardConfig, runtime: RuntimeOptions) -> dict[str, Any]:
     # --concurrency on the embedded model is its number of llama.cpp slots
     return {"n_ctx": config.n_ctx, "n_threads": runtime.n_threads,
-            "reuse_prompt_cache": not config.exact, "n_parallel": runtime.concurrency}
+            "reuse_prompt_cache": not config.exact, "n_parallel": runtime.concurrency,
+            "likelihood_mode": config.likelihood_mode}
 
 
 def _openai_options(config: RewardConfig, runtime: RuntimeOptions) -> dict[str, Any]:

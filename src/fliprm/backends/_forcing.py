@@ -23,26 +23,31 @@ from typing import Any
 from .._types import Completion, GenerateRequest
 from ..errors import BadResponse
 
-__all__ = ["OPTIONAL", "forcing_steps"]
+__all__ = ["OPTIONAL", "PROMPT_PASS", "forcing_steps"]
 
 #: large enough that the forced token always wins, small enough to stay finite in fp16 logits
 _BIAS = 100.0
 #: body key (popped by the drivers) marking a request whose failure is sent back to the
 #: generator as ``{"error": ...}`` instead of raised: it has a fallback
 OPTIONAL = "_fliprm_optional"
+#: pseudo path of the one-pass step (``{"ids", "start"}`` in, ``{"logprobs", "cached"}`` back):
+#: only a driver with llama.cpp's library in process answers it (see :mod:`._libllama`)
+PROMPT_PASS = "fliprm:prompt-pass"
 
 Step = tuple[str, dict[str, Any]]
 
 
 def forcing_steps(
-    request: GenerateRequest, *, exact: bool = False, one_request: bool = True
+    request: GenerateRequest, *, exact: bool = False, one_request: bool = True,
+    prompt_pass: bool = False,
 ) -> Generator[Step, Any, Completion]:
     """Yield llama.cpp server requests; return a Completion whose ``token_logprobs`` are the
     forced text's tokens with their log-probabilities (``text`` is the forced text).
 
     ``exact``: the first step reprocesses the whole prompt (no reuse of another item's
     prefix), so the result does not depend on the request before it. ``one_request``: try the
-    whole text in one grammar-forced request first (see below).
+    whole text in one grammar-forced request first (see below). ``prompt_pass``: the driver
+    evaluates the whole sequence in one forward pass (:data:`PROMPT_PASS`) instead of steps.
     """
     forced = request.forced_text or ""
     messages = [dict(m) for m in request.messages]
@@ -65,6 +70,14 @@ def forcing_steps(
         raise BadResponse("the forced text added no tokens to the prompt")
     logprobs: list[tuple[str, float]] = []
     cached = None
+    if prompt_pass:
+        got = yield PROMPT_PASS, {"ids": ids, "start": start}
+        return Completion(
+            text=forced, prompt_tokens=start, completion_tokens=len(ids) - start,
+            finish_reason="stop", cached_prompt_tokens=got["cached"],
+            token_logprobs=[(tokens[start + j][1], lp) for j, lp in enumerate(got["logprobs"])],
+            extra={"forced": "prompt-pass"},
+        )
     # Over HTTP, one request first: a grammar of the text's own token ids (llama.cpp's
     # ``<[id]>``) admits exactly this tokenization and the server decodes it in its own loop,
     # so a remote llama-server costs one round trip instead of one per token. Log-probabilities

@@ -31,7 +31,8 @@ from ..errors import (
 )
 from ..model import get_model_spec, model_path, sha256_file, verify_file
 from ._chat import build_body, read_reply
-from ._forcing import OPTIONAL, forcing_steps
+from ._libllama import PromptScorer, prompt_pass_supported
+from ._forcing import OPTIONAL, PROMPT_PASS, forcing_steps
 from ._overflow import context_overflow
 
 T = TypeVar("T")
@@ -84,6 +85,12 @@ class EmbeddedBackend:
             With
             ``reuse_prompt_cache=False`` (exact mode) it is 1: a batch's composition changes
             float rounding.
+        likelihood_mode: how log p(forced text | prompt) is computed (the likelihood and pmi
+            methods). ``"auto"`` and ``"prompt_logprobs"``: in one forward pass through
+            llama.cpp's library (:mod:`._libllama`; 3.1x faster than steps on one core);
+            ``"forced"``: decoded one token at a time through the server, as over HTTP.
+            ``"auto"`` falls back to ``"forced"`` where the library cannot do it;
+            ``"prompt_logprobs"`` is then an error.
 
     >>> backend = EmbeddedBackend()  # doctest: +SKIP
     >>> exact = EmbeddedBackend(reuse_prompt_cache=False)  # doctest: +SKIP
@@ -111,6 +118,7 @@ class EmbeddedBackend:
         reuse_prompt_cache: bool = True,
         http_timeout: float = 60.0,
         n_parallel: int | None = None,
+        likelihood_mode: str = "auto",
     ) -> None:
         if model_path is not None and not Path(model_path).is_file():
             raise ConfigError(f"model file not found: {model_path}")
@@ -143,6 +151,11 @@ class EmbeddedBackend:
         # one thread per slot: llama.cpp calls block, and asyncio's shared default pool has
         # cpu_count + 4 threads (6 on two cores), which would leave slots idle
         self._pool = ThreadPoolExecutor(self.n_parallel, thread_name_prefix="fliprm-slot")
+        if likelihood_mode not in ("auto", "forced", "prompt_logprobs"):
+            raise ConfigError("likelihood_mode must be auto, forced or prompt_logprobs, not "
+                              f"{likelihood_mode!r}")
+        self.likelihood_mode = likelihood_mode
+        self._scorer: PromptScorer | None = None
         self.load_s: float | None = None
 
     @property
@@ -160,10 +173,24 @@ class EmbeddedBackend:
     @property
     def cache_identity(self) -> dict[str, object]:
         ident: dict[str, object] = {"model_sha256": self.sha256, "n_ctx": self.n_ctx,
-                                    "exact": not self.reuse_prompt_cache}
+                                    "exact": not self.reuse_prompt_cache,
+                                    "likelihood": self.likelihood_route}
         if not self.reuse_prompt_cache:  # bit-exact results also depend on the thread count
             ident["n_threads"] = self.n_threads
         return ident
+
+    @property
+    def likelihood_route(self) -> str:
+        """``"prompt-pass"`` or ``"forced"``: how forced texts are scored (``likelihood_mode``
+        resolved against the installed library)."""
+        if self.likelihood_mode == "forced":
+            return "forced"
+        if prompt_pass_supported():
+            return "prompt-pass"
+        if self.likelihood_mode == "prompt_logprobs":
+            raise ConfigError("likelihood_mode prompt_logprobs: this llama.cpp library gives no "
+                              "prompt log-probabilities; use likelihood_mode forced")
+        return "forced"
 
     @property
     def model_path(self) -> Path:
@@ -274,24 +301,41 @@ class EmbeddedBackend:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
 
     def _force(self, request: GenerateRequest) -> Completion:
-        """Teacher forcing, one canonical token at a time (see :mod:`._forcing`)."""
+        """Teacher forcing: the canonical tokens in one pass through llama.cpp's library, or
+        one at a time through the server (see :mod:`._forcing`)."""
         self.start()
+        if self.likelihood_route == "prompt-pass":
+            if self._scorer is None:
+                with self._load_lock:
+                    if self._scorer is None:
+                        self._scorer = PromptScorer(self.model_path, n_ctx=self.n_ctx,
+                                                    n_threads=self.n_threads,
+                                                    n_seqs=self.n_parallel)
+            # the scorer keeps its own cached sequences: no server slot is held
+            return _run_own_loop(self._force_steps(request, prompt_pass=True))
         # the whole sequence holds one slot: another call in between would evict the prefix
         # every step reuses
         with self._slot(request.messages) as slot:
             return _run_own_loop(self._force_steps(request, slot))
 
-    async def _force_steps(self, request: GenerateRequest, slot: int = 0) -> Completion:
+    async def _force_steps(self, request: GenerateRequest, slot: int = 0, *,
+                           prompt_pass: bool = False) -> Completion:
         import httpx
 
-        steps = forcing_steps(request, exact=not self.reuse_prompt_cache, one_request=False)
+        steps = forcing_steps(request, exact=not self.reuse_prompt_cache, one_request=False,
+                              prompt_pass=prompt_pass)
         t0 = time.perf_counter()
         async with httpx.AsyncClient(base_url=self.http_url, headers=self._auth()) as client:
             reply: Any = None
             try:
                 while True:
                     path, body = steps.send(reply)
-                    if path == "/v1/completions":
+                    if path == PROMPT_PASS:
+                        assert self._scorer is not None
+                        lps, cached = self._scorer.logprobs(body["ids"], body["start"],
+                                                            reuse=self.reuse_prompt_cache)
+                        reply = {"logprobs": lps, "cached": cached}
+                    elif path == "/v1/completions":
                         optional = body.pop(OPTIONAL, False)
                         reply = self._server.handle_completions({**body, "id_slot": slot})
                         if isinstance(reply, dict) and "error" in reply and not optional:
@@ -337,6 +381,9 @@ class EmbeddedBackend:
 
     def close(self) -> None:
         with self._load_lock:
+            if self._scorer is not None:
+                self._scorer.close()
+                self._scorer = None
             self._server = None  # the runtime shuts its loop down when the object goes
 
 
