@@ -1,18 +1,22 @@
-"""What the likelihood method costs on llama.cpp, before and after, on the same items in one run.
+"""What the likelihood method costs on llama.cpp, path by path, on the same items in one run.
 
-    taskset -c 1 python bench/likelihood_cost.py --focus4 10 --ifbench 10
+    taskset -c 1 python bench/likelihood_cost.py --focus4 10 --ifbench 10 --paths steps,one-pass
 
-*before*: the instruction forced by a one-string grammar in one chat request (the path fliprm
-used until 2026-12-04): llama.cpp decodes it token by token, sampling through the grammar, and
-greedy picks whichever split of the string the model likes (not the text's own tokenization).
-*after*: the instruction's canonical tokens forced one at a time with a logit bias
-(``fliprm.backends._forcing``): each step evaluates one token, the prompt before it comes from
-llama.cpp's prompt cache, so a response scored against several instructions pays for its prefill
-once. Both paths run interleaved, item by item, on one model, so shared-CPU noise hits both.
+Paths (``--paths``, the first is the reference the others are compared with):
 
-Per item: seconds, prompt tokens evaluated (prefill), forced tokens, and the agreement of the two
-mean log-probabilities. Where the time goes is read from llama.cpp's own timings (before) and
-from the step count (after): prefill of the response vs one evaluation per forced token.
+* ``grammar``: the instruction forced by a one-string grammar in one chat request (what fliprm
+  did until 2026-12-04): llama.cpp decodes it token by token, sampling through the grammar, and
+  greedy picks whichever split of the string the model likes (not the text's own tokenization).
+* ``steps``: the instruction's canonical tokens forced one at a time with a logit bias through
+  the server (``fliprm.backends._forcing``; ``likelihood_mode="forced"``, and what a remote
+  llama-server gets): one decode step per token, the prompt before it from the slot's cache.
+* ``one-pass``: the embedded default since 2026-12-06 (``likelihood_mode="auto"``): the
+  instruction evaluated with the prompt in one forward pass through llama.cpp's library, every
+  position's output kept (``fliprm.backends._libllama``).
+
+Every path runs in this process on one model file, items interleaved (the order rotates per
+item), so shared-CPU noise hits all of them. Per item: seconds, prompt tokens evaluated, forced
+tokens, and the agreement of the mean log-probabilities with the first path.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def request(instruction: str, response: str, max_chars: int) -> tuple[GenerateRe
     return req, forced
 
 
-def before(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
+def grammar(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
     """The old grammar-forced request, as fliprm built it."""
     messages = [dict(m) for m in req.messages]
     messages.append({"role": "assistant", "content": req.assistant_prefix})
@@ -68,7 +72,7 @@ def before(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
             "decode_ms": timings.get("predicted_ms", 0.0)}
 
 
-def after(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
+def generate(backend: EmbeddedBackend, req: GenerateRequest, forced: str) -> dict:
     t0 = time.perf_counter()
     comp = asyncio.run(backend.generate(req))
     secs = time.perf_counter() - t0
@@ -92,69 +96,79 @@ def items(focus4: int, ifbench: int) -> list[tuple[str, list[tuple[str, str]]]]:
     return [(kind, list(zip(it["prompts"], it["responses"]))) for kind, its in kinds for it in its]
 
 
+#: path -> (which backend: its likelihood_mode, the function that scores one request)
+PATHS = {"grammar": ("forced", grammar), "steps": ("forced", generate),
+         "one-pass": ("auto", generate)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--focus4", type=int, default=10)
     ap.add_argument("--ifbench", type=int, default=10)
+    ap.add_argument("--paths", default="steps,one-pass",
+                    help=f"comma list of {', '.join(PATHS)}; the first is the reference")
     ap.add_argument("--max-response-chars", type=int, default=2400)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths or any(p not in PATHS for p in paths):
+        ap.error(f"--paths: choose from {', '.join(PATHS)}")
     # No host-RAM prompt cache: it would hand whichever path runs second the other's prefill.
     # The slot's own prefix reuse stays on (what scoring one response against several
-    # instructions really gets); a flush before each path's turn empties the slot.
-    backend = EmbeddedBackend(n_threads=args.threads, prompt_cache_mib=0)
-    backend.start()
+    # instructions really gets); a flush before each path's turn empties the slot. One backend
+    # per likelihood_mode (the weights are memory-mapped once).
+    backends = {mode: EmbeddedBackend(n_threads=args.threads, prompt_cache_mib=0,
+                                      likelihood_mode=mode, n_parallel=1)
+                for mode in {PATHS[p][0] for p in paths}}
+    for b in backends.values():
+        b.start()
     print(f"load {load_average()}", file=sys.stderr)
-    per: dict[str, dict[str, list[float]]] = {}
-    diffs: list[float] = []
-    for kind, pairs in items(args.focus4, args.ifbench):
-        stats = per.setdefault(kind, {k: [] for k in ("b_s", "a_s", "b_pre", "a_pre", "b_tok",
-                                                        "a_tok", "b_pms", "b_dms")})
-        sums = {k: 0.0 for k in stats}
+    per: dict[str, dict[str, dict[str, list[float]]]] = {}
+    diffs: dict[str, list[float]] = {p: [] for p in paths[1:]}
+    for n_item, (kind, pairs) in enumerate(items(args.focus4, args.ifbench)):
         reqs = [request(x, y, args.max_response_chars) for x, y in pairs]
-        # Each path scores the item's pairs back to back (so both reuse a shared response's
-        # prefix within the item), after a flush (so neither inherits the other's prompt
-        # cache); which path goes first alternates between items.
+        # Each path scores the item's pairs back to back (so each reuses a shared response's
+        # prefix within the item), after a flush (so none inherits another's prompt cache);
+        # the order rotates between items.
+        order = paths[n_item % len(paths):] + paths[:n_item % len(paths)]
         runs: dict[str, list[dict]] = {}
-        order = ("before", "after") if len(diffs) % 2 == 0 else ("after", "before")
         for path in order:
-            flush(backend)
-            fn = before if path == "before" else after
-            runs[path] = [fn(backend, req, forced) for req, forced in reqs]
-        for b, a in zip(runs["before"], runs["after"]):
-            sums["b_s"] += b["s"]
-            sums["a_s"] += a["s"]
-            sums["b_pre"] += b["prefill"]
-            sums["a_pre"] += a["prefill"]
-            sums["b_tok"] += b["forced"]
-            sums["a_tok"] += a["forced"]
-            sums["b_pms"] += b["prefill_ms"]
-            sums["b_dms"] += b["decode_ms"]
-            diffs.append(a["mean_lp"] - b["mean_lp"])
-        for k, v in sums.items():
-            stats[k].append(v)
-        print(f"{kind}: before {sums['b_s']:.1f}s after {sums['a_s']:.1f}s", file=sys.stderr,
-              flush=True)
+            mode, fn = PATHS[path]
+            flush(backends[mode])
+            runs[path] = [fn(backends[mode], req, forced) for req, forced in reqs]
+        stats = per.setdefault(kind, {p: {"s": [], "prefill": [], "forced": []} for p in paths})
+        for path in paths:
+            for key in ("s", "prefill", "forced"):
+                stats[path][key].append(sum(r[key] for r in runs[path]))
+        for path in paths[1:]:
+            diffs[path] += [a["mean_lp"] - b["mean_lp"] for a, b in zip(runs[path],
+                                                                         runs[paths[0]])]
+        print(f"{kind}: " + "  ".join(f"{p} {stats[p]['s'][-1]:.1f}s" for p in paths),
+              file=sys.stderr, flush=True)
     rows = []
     for kind, st in per.items():
-        n = len(st["b_s"])
-        b, a = statistics.fmean(st["b_s"]), statistics.fmean(st["a_s"])
-        rows.append([kind, n, f"{b:.2f}", f"{a:.2f}", f"{b / a:.2f}x",
-                     (f"{statistics.fmean(st['b_pms']) / 1000:.2f} / "
-                     f"{statistics.fmean(st['b_dms']) / 1000:.2f}"),
-                     f"{statistics.fmean(st['b_pre']):.0f} / {statistics.fmean(st['a_pre']):.0f}",
-                     f"{statistics.fmean(st['b_tok']):.1f} / {statistics.fmean(st['a_tok']):.1f}"])
+        ref = statistics.fmean(st[paths[0]]["s"])
+        for path in paths:
+            sec = statistics.fmean(st[path]["s"])
+            rows.append([kind, len(st[path]["s"]), path, f"{sec:.2f}", f"{ref / sec:.2f}x",
+                         f"{statistics.fmean(st[path]['prefill']):.0f}",
+                         f"{statistics.fmean(st[path]['forced']):.1f}"])
     print_table("likelihood cost per item (same items, interleaved; one llama.cpp thread)",
-                ["item", "n", "s before", "s after", "speed-up",
-                 "before: prefill s / forced-decode s", "prefill tokens evaluated before / after",
-                 "forced tokens before / after"], rows)
-    absd = sorted(abs(d) for d in diffs)
-    print(f"mean log-prob, after - before, per scored pair: median |diff| "
-          f"{absd[len(absd) // 2]:.3f}, max {absd[-1]:.3f} (n={len(diffs)}); load {load_average()}")
+                ["item", "n", "path", "s/item", f"speed-up vs {paths[0]}",
+                 "prompt tokens evaluated", "forced tokens"], rows)
+    for path, ds in diffs.items():
+        absd = sorted(abs(d) for d in ds)
+        if absd:
+            print(f"mean log-prob, {path} - {paths[0]}, per scored pair: median |diff| "
+                  f"{absd[len(absd) // 2]:.3f}, max {absd[-1]:.3f} (n={len(absd)})")
+    print(f"load {load_average()}")
     if args.json:
-        args.json.write_text(json.dumps({"per": per, "diffs": diffs}, indent=2))
+        args.json.write_text(json.dumps({"paths": paths, "per": per, "diffs": diffs},
+                                        indent=2))
+    for b in backends.values():
+        b.close()
 
 
 if __name__ == "__main__":
