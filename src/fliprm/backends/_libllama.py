@@ -7,8 +7,8 @@ alone, 13.5 ms per prompt token), so on the embedded model, where the library is
 process anyway, the instruction is instead evaluated as part of the prompt, with the model's
 output kept at each of its positions: the log-probability of every instruction token comes out
 of one ``llama_decode`` call, the response before it from a cached prefix when the previous
-call had the same one (measured: 24 instruction tokens in 1.25 s against 3.93 s of single
-steps, same load; the mean log-probability differed by 0.024 nats, float rounding of the
+call had the same one (bench/likelihood_cost.py: 2.6-2.7x faster than the steps on the same
+items, mean log-probability per token a median 0.004 nats apart: float rounding of the
 different batch shapes).
 
 The C API is reached with :mod:`ctypes` on the library xllamacpp ships (it exports
