@@ -1,9 +1,9 @@
 """Prompt log-probabilities from llama.cpp's own library, in one forward pass.
 
 llama.cpp's server returns no log-probabilities for prompt tokens, so over HTTP a forced text is
-*decoded*, one step per token (:mod:`._forcing`). A decode step costs about what a whole batch
-of prompt tokens costs per token several times over (one core, 0.5B model: 80 ms per step
-alone, 13.5 ms per prompt token), so on the embedded model, where the library is in this
+*decoded*, one step per token (:mod:`._forcing`). A decode step costs several times what one
+token of a prompt batch does (one core, 0.5B model: 80 ms per step alone, 13.5 ms per prompt
+token), so on the embedded model, where the library is in this
 process anyway, the instruction is instead evaluated as part of the prompt, with the model's
 output kept at each of its positions: the log-probability of every instruction token comes out
 of one ``llama_decode`` call, the response before it from a cached prefix when the previous

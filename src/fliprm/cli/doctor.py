@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         load: bool = typer.Option(False, "--load", help="also load the model and time one call"),
     ) -> None:
         """Check the embedded default: model present, sha256 ok, runtime, threads."""
+        from ..backends._libllama import prompt_pass_supported
         from ..backends.embedded import _default_threads
 
         console = Console()
@@ -50,6 +51,9 @@ def register(app: typer.Typer) -> None:
             if st.error:
                 errors.append(st.error)
         t.add_row("CPU threads", str(_default_threads()))
+        t.add_row("likelihood, pmi", "one forward pass (llama.cpp library)" if
+                  prompt_pass_supported() else "forced steps (this llama.cpp library's "
+                  "parameters are not recognised)")
         t.add_row("cache dir", str(cache_dir()))
         if load and ok:
             import time
