@@ -275,6 +275,21 @@ def by_instruction(name: str, pools: list[dict[str, Any]], results: Path, rows: 
     return "\n".join(lines) + "\n"
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` as (K, N) with 0 <= K < N.
+
+    >>> _shard("1/2")
+    (1, 2)
+    """
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard: K/N, not {text!r}") from None
+    if not 0 <= k < n:
+        raise SystemExit(f"--shard: need 0 <= K < N, not {text!r}")
+    return k, n
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="ifeval,ifbench")
@@ -286,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slots", type=int, default=8,
                     help="llama.cpp slots (calls in flight): a pool's candidates together")
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
+    ap.add_argument("--shard", default=None, metavar="K/N",
+                    help="score only every N-th prompt from the K-th (0-based): N processes on "
+                    "N cores, each with its own --results folder (then concatenate the scores)")
     ap.add_argument("--seed", type=int, default=0, help="tie-break seed")
     ap.add_argument("--report", action="store_true", help="print the table, score nothing")
     ap.add_argument("--by-instruction", action="store_true",
@@ -300,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"{', '.join(ROWS)}")
     for name in sets:
         pools = load_pools(a.results / f"candidates-{name}.jsonl", a.limit)
+        if a.shard and not a.report:
+            k, n = _shard(a.shard)
+            pools = pools[k::n]
         if a.report:
             text, s = report_set(name, pools, a.results, rows, seed=a.seed)
             print(text)
