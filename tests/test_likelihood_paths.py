@@ -91,8 +91,16 @@ def test_ray_path_scores_likelihood(embedded_backend, tmp_path):
     pairs = [("Name the capital of France.", "Paris is the capital of France."),
              ("Write a haiku about the sea.", "Paris is the capital of France.")]
     inp.write_text("".join(json.dumps({"instruction": x, "response": y}) + "\n" for x, y in pairs))
-    config = RewardConfig(method="likelihood", n_ctx=embedded_backend.n_ctx)
-    expected = FlipReward(embedded_backend, config=config).score(*zip(*pairs))
+    # exact mode on both sides (every prompt evaluated from scratch, the same thread count):
+    # the actor's fresh model and this process's must give the same bits. With prefix reuse
+    # the values would depend on what each model scored before (measured: 0.9% apart with
+    # forced steps, 3.2% with the one-pass route on these 6-token instructions).
+    config = RewardConfig(method="likelihood", n_ctx=embedded_backend.n_ctx, exact=True)
+    local = FlipReward(config=config, n_threads=embedded_backend.n_threads)
+    try:
+        expected = local.score(*zip(*pairs))
+    finally:
+        local.close()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = score_file_ray(inp, tmp_path / "out", config=config, progress=False,
@@ -103,7 +111,5 @@ def test_ray_path_scores_likelihood(embedded_backend, tmp_path):
 
     rows = pq.read_table(tmp_path / "out").to_pylist()
     assert s.errors == 0 and [r["method"] for r in rows] == ["likelihood"] * 2
-    # the same value up to llama.cpp's prefix-reuse rounding (the session's model has scored
-    # other prompts before; the actor's is fresh): within 3% (measured: 0.9%)
-    assert [r["reward"] for r in rows] == pytest.approx([r.reward for r in expected], rel=0.03)
+    assert [r["reward"] for r in rows] == [r.reward for r in expected]
     assert rows[0]["reward"] > rows[1]["reward"]
