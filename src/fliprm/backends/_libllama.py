@@ -232,8 +232,11 @@ class PromptScorer:
                 for j, w in enumerate(want):
                     if not w:
                         continue
-                    row = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, j),
-                                                shape=(self._n_vocab,))
+                    ptr = lib.llama_get_logits_ith(self._ctx, j)
+                    if not ptr:  # llama.cpp returns NULL for an output it did not keep
+                        lib.llama_memory_seq_rm(self._mem, seq, 0, -1)
+                        raise BackendError(f"llama.cpp kept no output at position {lo + j}")
+                    row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
                     top = float(row.max())
                     norm = top + float(np.log(np.exp(row - top, dtype=np.float64).sum()))
                     out.append(float(row[ids[lo + j + 1]]) - norm)
