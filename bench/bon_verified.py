@@ -22,7 +22,7 @@ differences to random and to pointwise, the curve over N = 1, 2, 4, 8 (the first
 each pool, the same pools for every pick) and items (candidates scored) per second. A prompt
 counts once every scoring row has scored all its candidates; prompts whose checkers cannot give
 a verdict (NLTK data not installed, kwargs that leave an argument to chance) are left out and
-counted.
+counted (and not scored).
 """
 
 from __future__ import annotations
@@ -321,6 +321,13 @@ def main(argv: list[str] | None = None) -> None:
         if a.shard and not a.report:
             k, n = _shard(a.shard)
             pools = pools[k::n]
+        if not a.report:
+            # the report leaves a prompt without a verdict out: scoring it is model time lost
+            verdicts, _ = _verdicts(pools, name)
+            if skipped := [p["key"] for p in pools if p["key"] not in verdicts]:
+                print(f"{name}: {len(skipped)} prompt(s) not scored, a checker cannot give a "
+                      f"verdict: {', '.join(skipped)}", file=sys.stderr)
+            pools = [p for p in pools if p["key"] in verdicts]
         if a.report:
             text, s = report_set(name, pools, a.results, rows, seed=a.seed)
             print(text)

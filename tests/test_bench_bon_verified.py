@@ -169,3 +169,23 @@ def test_bad_candidates_file(bench, tmp_path, capsys):
     assert "No prompt is ready." in out
     with pytest.raises(SystemExit, match="candidates not found"):
         bench.main(["--sets", "ifeval", "--results", str(tmp_path), "--report"])
+
+
+def test_pools_without_a_verdict_are_not_scored(bench, results, calls, capsys, monkeypatch):
+    # the report leaves such prompts out, so scoring them would be model time for nothing
+    from fliprm import verifiers
+
+    real = verifiers.verify
+
+    def verify(row, response, suite):
+        if row["key"] == "keywords-words":
+            raise verifiers.VerifierUnavailable("x", instruction=f"{suite}:x:y",
+                                                reason="NLTK data 'punkt_tab' not installed")
+        return real(row, response, suite)
+
+    monkeypatch.setattr(verifiers, "verify", verify)
+    bench.main(["--sets", "ifeval", "--backend", "fake", "--results", str(results),
+                "--rows", "flip-short"])
+    keys = {json.loads(x)["key"] for x in _lines(results / "scores-flip-short-ifeval.jsonl")}
+    assert keys == {"lower-nocomma", "bullets-ps"}
+    assert "1 prompt(s) not scored, a checker cannot give a verdict" in capsys.readouterr().err
