@@ -223,6 +223,32 @@ class SlowServer:
         self._sock.close()
 
 
+#: the instruction of :func:`score_overlong_recipe`
+RECIPE = "Write a long recipe for tomato sauce."
+
+
+def score_overlong_recipe(n_ctx: int = 1024, **reward_kw):
+    """Score a ~8,500-character recipe (120 steps) against :data:`RECIPE` with the real
+    embedded model on a context of ``n_ctx`` tokens that the response alone overflows, and
+    return the result (the overflow itself is checked here, so no caller tests a fit).
+
+    >>> r = score_overlong_recipe(method="f1", max_tokens=32)  # doctest: +SKIP
+    """
+    from fliprm import FlipReward
+    from fliprm.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(n_ctx=n_ctx)
+    response = " ".join(f"Step {i}: stir the sauce for {i} minutes, then add {i} pinches of "
+                        "salt." for i in range(120))
+    rm = FlipReward(backend, **reward_kw)
+    try:
+        (r,) = rm.score([RECIPE], [response])
+        assert backend.count_tokens(response) > n_ctx
+    finally:
+        rm.close()
+    return r
+
+
 def expected_reward(res, instruction: str) -> float:
     """The reward a result must carry, recomputed from its own parts by the method's formula
     (F1 of the inferred vs. the real instruction; exp(mean log-prob); sigmoid(PMI), with

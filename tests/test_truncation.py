@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fliprm import FlipReward
 from fliprm.backends.fake import FakeBackend
 from fliprm.reward import _MARK, truncate_middle
-from helpers_fliprm import expected_reward
+from helpers_fliprm import RECIPE, expected_reward, score_overlong_recipe
 
 REPLY = json.dumps({"REASONING": "r", "INFERRED INSTRUCTION": "Write an essay."})
 
@@ -90,21 +90,9 @@ def test_response_longer_than_the_context_is_cut_to_fit(embedded_backend) -> Non
     ``embedded_backend`` is requested only for its skip-if-no-model logic: this test needs its
     own small-context instance.
     """
-    from fliprm.backends.embedded import EmbeddedBackend
-
-    backend = EmbeddedBackend(n_ctx=1024)  # small on purpose: the response alone overflows it
-    sentences = [
-        f"Step {i}: stir the sauce for {i} minutes, then add {i} pinches of salt."
-        for i in range(120)
-    ]
-    response = " ".join(sentences)  # ~8,500 characters, well over 1,024 tokens
-    rm = FlipReward(backend, template="flip-short", max_tokens=32, method="f1")
-    try:
-        (r,) = rm.score(["Write a long recipe for tomato sauce."], [response])
-        assert backend.count_tokens(response) > 1024
-    finally:
-        rm.close()
+    # n_ctx 1,024, small on purpose: the response alone overflows it
+    r = score_overlong_recipe(template="flip-short", max_tokens=32, method="f1")
     assert r.error is None, r.error
     assert r.truncated is True
-    assert r.reward == pytest.approx(expected_reward(r, "Write a long recipe for tomato sauce."))
+    assert r.reward == pytest.approx(expected_reward(r, RECIPE))
     assert 0 < r.prompt_tokens < 1024

@@ -8,6 +8,7 @@ from fliprm import FlipReward, GenerateRequest
 from fliprm.backends import _libllama
 from fliprm.backends.embedded import EmbeddedBackend
 from fliprm.errors import ConfigError, ContextOverflow
+from helpers_fliprm import score_overlong_recipe
 
 RESPONSE = ("1. Keep a regular sleep schedule, even at weekends.\n2. Avoid screens for an hour "
             "before bed.\n3. Keep the bedroom cool, dark and quiet.")
@@ -128,14 +129,6 @@ def test_the_default_reward_ranks_with_one_pass(embedded_backend) -> None:
 @pytest.mark.model
 @pytest.mark.slow
 def test_a_response_longer_than_the_window_is_cut_to_fit_on_the_one_pass(embedded_backend) -> None:
-    backend = EmbeddedBackend(n_ctx=1024)
-    response = " ".join(f"Step {i}: stir the sauce for {i} minutes, then add {i} pinches of "
-                        "salt." for i in range(120))
-    rm = FlipReward(backend)  # pmi: the instruction forced after the response
-    try:
-        (r,) = rm.score(["Write a long recipe for tomato sauce."], [response])
-        assert backend.count_tokens(response) > 1024
-    finally:
-        rm.close()
+    r = score_overlong_recipe()  # pmi: the instruction forced after the response
     assert r.error is None, r.error
     assert r.truncated is True and 0 < r.reward < 1
