@@ -4,6 +4,9 @@ responses follow the prompt's IFEval / IFBench instructions more often than a ra
     # score (resumable; a rerun with other settings for a row is refused)
     taskset -c 0 python bench/bon_verified.py --sets ifbench --rows default,flip-short,pointwise
     taskset -c 1 python bench/bon_verified.py --sets ifbench --rows paper
+    # one row on two cores: a shard in its own folder (with a link to the candidates), merged
+    taskset -c 1 python bench/bon_verified.py --sets ifeval --rows paper --shard 1/2 --results DIR
+    python bench/bon_verified.py --sets ifeval --rows paper --merge DIR
     # the table (reads what is there)
     python bench/bon_verified.py --report --sets ifeval,ifbench
 
@@ -46,7 +49,7 @@ from fliprm.eval.bon_report import verified_markdown
 from fliprm.eval.bon_verdicts import summarize_verified
 from fliprm.eval.stats import strict_json
 from fliprm.judges import FlipJudge, Judge, get_judge
-from fliprm.records import ResultWriter, read_records
+from fliprm.records import ResultWriter, manifest_path, read_manifest, read_records
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bon_verified"
 SETS = ("ifeval", "ifbench")
@@ -178,6 +181,37 @@ async def score_sets(rows: list[str], name: str, pools: list[dict[str, Any]], re
         await shared.aclose()
 
 
+def merge_scores(src: Path, results: Path, name: str, rows: list[str],
+                 pools: list[dict[str, Any]]) -> dict[str, int]:
+    """Append the records of ``src``'s scores files (a ``--shard`` run's own ``--results``
+    folder) that ``results`` lacks; return how many per row. Refused, nothing written, when the
+    shard's settings differ from the main file's or a record was scored on another response.
+    """
+    merged: dict[str, int] = {}
+    for row in rows:
+        path = _score_path(src, row, name)
+        if not path.is_file():
+            continue
+        manifest = read_manifest(path)
+        if manifest is None or not isinstance(manifest.get("settings"), dict):
+            raise SystemExit(f"{path}: no settings beside it ({manifest_path(path).name}): "
+                             "not a bon_verified scores file")
+        scores = _read_scores(path)
+        _check_same_responses(scores, pools, path)
+        try:
+            writer = ResultWriter(_score_path(results, row, name), key_field="id",
+                                  retry_errors=True, manifest={"settings": manifest["settings"]})
+        except FlipError as exc:
+            raise SystemExit(f"[{row}] {exc}") from None
+        with writer:
+            new = [r for i, r in scores.items() if i not in writer.done]
+            for rec in new:
+                writer.write(rec)
+        merged[row] = len(new)
+        print(f"[{row}] {name}: {len(new)} record(s) merged from {path}", file=sys.stderr)
+    return merged
+
+
 def _verdicts(pools: list[dict[str, Any]], name: str) -> tuple[dict[str, list], Counter]:
     from fliprm.errors import InputError
     from fliprm.verifiers import VerifierUnavailable, verify
@@ -303,7 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
     ap.add_argument("--shard", default=None, metavar="K/N",
                     help="score only every N-th prompt from the K-th (0-based): N processes on "
-                    "N cores, each with its own --results folder (then concatenate the scores)")
+                    "N cores, each with its own --results folder (then --merge it)")
+    ap.add_argument("--merge", type=Path, default=None, metavar="DIR",
+                    help="append DIR's scores (a --shard run's --results folder) to --results' "
+                    "for --sets and --rows; scores nothing")
     ap.add_argument("--seed", type=int, default=0, help="tie-break seed")
     ap.add_argument("--report", action="store_true", help="print the table, score nothing")
     ap.add_argument("--by-instruction", action="store_true",
@@ -318,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"{', '.join(ROWS)}")
     for name in sets:
         pools = load_pools(a.results / f"candidates-{name}.jsonl", a.limit)
+        if a.merge is not None:  # every pool: a merged record is checked whatever its shard
+            merge_scores(a.merge, a.results, name, rows, pools)
+            continue
         if a.shard and not a.report:
             k, n = _shard(a.shard)
             pools = pools[k::n]

@@ -189,3 +189,43 @@ def test_pools_without_a_verdict_are_not_scored(bench, results, calls, capsys, m
     keys = {json.loads(x)["key"] for x in _lines(results / "scores-flip-short-ifeval.jsonl")}
     assert keys == {"lower-nocomma", "bullets-ps"}
     assert "1 prompt(s) not scored, a checker cannot give a verdict" in capsys.readouterr().err
+
+
+def test_shards_merge_into_one_scores_file(bench, results, calls, capsys, tmp_path):
+    other = tmp_path / "shard1"
+    other.mkdir()
+    (other / "candidates-ifeval.jsonl").symlink_to(results / "candidates-ifeval.jsonl")
+    args = ["--sets", "ifeval", "--backend", "fake", "--rows", "flip-short"]
+    bench.main([*args, "--results", str(results), "--shard", "0/2"])
+    bench.main([*args, "--results", str(other), "--shard", "1/2"])
+    main = results / "scores-flip-short-ifeval.jsonl"
+    assert len(_lines(main)) == 16
+    n = len(calls)
+    bench.main([*args, "--results", str(results), "--merge", str(other)])
+    assert len(calls) == n  # merging scores nothing
+    ids = [json.loads(x)["id"] for x in _lines(main)]
+    assert len(ids) == len(set(ids)) == 24
+    assert "[flip-short] ifeval: 8 record(s) merged" in capsys.readouterr().err
+    # a second merge adds nothing; the merged file is one row's and reports every prompt
+    bench.main([*args, "--results", str(results), "--merge", str(other)])
+    assert len(_lines(main)) == 24
+    bench.main([*args, "--results", str(results), "--report"])
+    assert json.loads((results / "report-ifeval.json").read_text())["n_prompts"] == 3
+
+    # a shard scored with other settings is refused, nothing mixed in
+    manifest = other / "scores-flip-short-ifeval.jsonl.fliprm.json"
+    m = json.loads(manifest.read_text())
+    m["settings"]["flip-short"]["max_tokens"] = 16
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(SystemExit, match=r"\[flip-short\].*other settings.*max_tokens"):
+        bench.main([*args, "--results", str(results), "--merge", str(other)])
+    assert len(_lines(main)) == 24
+    # a shard whose candidates differ (a record's response hash) is refused too
+    manifest.write_text(json.dumps({**m, "settings": json.loads(
+        (results / "scores-flip-short-ifeval.jsonl.fliprm.json").read_text())["settings"]}))
+    recs = [json.loads(x) for x in _lines(other / "scores-flip-short-ifeval.jsonl")]
+    recs[0]["sha"] = "0" * 16
+    (other / "scores-flip-short-ifeval.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(SystemExit, match="scored on another response"):
+        bench.main([*args, "--results", str(results), "--merge", str(other)])
