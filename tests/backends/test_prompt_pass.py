@@ -59,6 +59,15 @@ def test_the_route_is_part_of_the_cache_identity(monkeypatch) -> None:
     assert one_pass.cache_identity != steps.cache_identity
 
 
+def test_the_one_pass_caches_two_sequences_whatever_the_slots() -> None:
+    # one KV cache of n_ctx positions per cached sequence: with one per slot (8 x 8,192) the
+    # default took 3.1 GB at peak; two (a response and its empty-response baseline) scored
+    # focus4 and IFBench pairs as fast, 0.58 GB lighter (bench/README.md)
+    for slots, seqs in ((8, 2), (2, 2), (1, 1)):
+        scorer = EmbeddedBackend(n_parallel=slots, n_ctx=4096).prompt_scorer()
+        assert (scorer.n_seqs, scorer.n_ctx) == (seqs, 4096), slots
+
+
 def test_the_mode_reaches_the_embedded_backend_from_the_config() -> None:
     from fliprm.backends import build_backend
     from fliprm.config import RewardConfig, RuntimeOptions
