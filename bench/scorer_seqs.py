@@ -13,20 +13,24 @@ Every argument after SEQS goes to ``shootout.py``; the peak RSS is in its last l
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import shootout
 
 from fliprm.backends import embedded
 
 
-def main(argv: list[str]) -> None:
-    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
-        raise SystemExit("usage: scorer_seqs.py SEQS [shootout.py arguments] (SEQS >= 1)")
-    embedded._SCORER_SEQS = int(argv[0])
-    sys.argv = [sys.argv[0], *argv[1:]]
-    shootout.main()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("seqs", type=int, help="sequences the one-pass scorer caches (>= 1)")
+    ap.add_argument("shootout_args", nargs=argparse.REMAINDER,
+                    help="the rest goes to shootout.py")
+    a = ap.parse_args(argv)
+    if a.seqs < 1:
+        ap.error(f"SEQS must be >= 1, not {a.seqs}")
+    embedded._SCORER_SEQS = a.seqs
+    shootout.main(a.shootout_args)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
